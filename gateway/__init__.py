@@ -1,0 +1,1 @@
+"""pvgate gateway: the metered reverse proxy (the data plane) and the `pvgate` CLI."""

@@ -1,0 +1,56 @@
+"""The `pvgate` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from metering import BalanceStore, MeterError
+from metering.connection import RedisSettings
+
+
+def _redis_settings(args: argparse.Namespace) -> RedisSettings:
+    if args.cluster:
+        return RedisSettings(cluster_nodes=tuple(args.cluster.split(",")))
+    return RedisSettings(url=args.redis)
+
+
+async def _balance(args: argparse.Namespace) -> int:
+    client = _redis_settings(args).connect()
+    try:
+        snapshot = await BalanceStore(client).snapshot(args.enterprise_id)
+    finally:
+        await client.aclose()
+    sys.stdout.buffer.write(orjson.dumps(dataclasses.asdict(snapshot), option=orjson.OPT_INDENT_2))
+    sys.stdout.write("\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pvgate", description="Page-view metering gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    balance = commands.add_parser("balance", help="print an enterprise's balance snapshot (JSON)")
+    balance.add_argument("enterprise_id")
+    where = balance.add_mutually_exclusive_group()
+    where.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="single-node URL")
+    where.add_argument("--cluster", help="cluster nodes, host:port,host:port,...")
+    balance.set_defaults(run=_balance)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(asyncio.run(args.run(args)))
+    except (MeterError, ValueError) as exc:
+        print(f"pvgate {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""pvgate metering core: prepaid PV balances in Redis, debited atomically per page view.
+
+Everything here is independent of the gateway and billing packages; both import it.
+"""
+
+from metering.buckets import Bucket, BucketKind, BucketStatus, Snapshot
+from metering.errors import (
+    BucketConflict,
+    InvalidIdentifier,
+    MeterError,
+    MeterTimeout,
+    MeterUnavailable,
+    ScriptFailed,
+)
+from metering.meter import DebitResult, Meter
+from metering.store import BalanceStore
+
+__all__ = [
+    "BalanceStore",
+    "Bucket",
+    "BucketConflict",
+    "BucketKind",
+    "BucketStatus",
+    "DebitResult",
+    "InvalidIdentifier",
+    "Meter",
+    "MeterError",
+    "MeterTimeout",
+    "MeterUnavailable",
+    "ScriptFailed",
+    "Snapshot",
+]

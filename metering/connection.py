@@ -1,0 +1,52 @@
+"""Connecting to Redis: one URL for a single node, or a list of nodes for Redis Cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from metering.scripts import RedisClient
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisSettings:
+    """Where Redis is: ``url`` for one node, or ``cluster_nodes`` (``host:port`` each)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster_nodes: tuple[str, ...] = ()
+    socket_timeout: float = 1.0
+    max_connections: int = 64
+
+    @classmethod
+    def from_value(cls, value: str | Sequence[str], **kwargs: float | int) -> RedisSettings:
+        """A URL string, or a list of ``host:port`` cluster nodes."""
+        if isinstance(value, str):
+            return cls(url=value, **kwargs)  # type: ignore[arg-type]
+        return cls(cluster_nodes=tuple(value), **kwargs)  # type: ignore[arg-type]
+
+    def connect(self) -> RedisClient:
+        if self.cluster_nodes:
+            nodes = [ClusterNode(*_host_port(n)) for n in self.cluster_nodes]
+            return RedisCluster(
+                startup_nodes=nodes,
+                decode_responses=True,
+                socket_timeout=self.socket_timeout,
+                max_connections=self.max_connections,
+            )
+        return Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_timeout=self.socket_timeout,
+            max_connections=self.max_connections,
+        )
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    parsed = urlsplit(node if "//" in node else f"//{node}")
+    if not parsed.hostname or not parsed.port:
+        raise ValueError(f"cluster node {node!r}: expected host:port")
+    return parsed.hostname, parsed.port

@@ -1,0 +1,21 @@
+"""Prometheus metrics of the metering core (DESIGN §7)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+METER_BATCH_SIZE = Histogram(
+    "pvgate_meter_batch_size",
+    "Page-view debits of one enterprise coalesced into one script call.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+METER_DURATION = Histogram(
+    "pvgate_meter_duration_seconds",
+    "Round trip of one pipelined batch of debits to Redis.",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+REDIS_ERRORS = Counter(
+    "pvgate_redis_errors_total",
+    "Redis failures seen by metering, by kind (timeout, connection, script, noscript).",
+    ["kind"],
+)
