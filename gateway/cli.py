@@ -21,7 +21,7 @@ def _redis_settings(args: argparse.Namespace) -> RedisSettings:
 
 
 async def _balance(args: argparse.Namespace) -> int:
-    client = _redis_settings(args).connect()
+    client = await _redis_settings(args).open()
     try:
         snapshot = await BalanceStore(client).snapshot(args.enterprise_id)
     finally:

@@ -89,7 +89,11 @@ class Bucket:
         return self.granted - self.used
 
     def is_live(self, now: int) -> bool:
-        return self.status is BucketStatus.ACTIVE and self.used < self.granted and now < self.expires_at
+        return (
+            self.status is BucketStatus.ACTIVE
+            and self.used < self.granted
+            and now < self.expires_at
+        )
 
 
 @dataclass(frozen=True, slots=True)

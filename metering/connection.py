@@ -28,15 +28,22 @@ class RedisSettings:
             return cls(url=value, **kwargs)  # type: ignore[arg-type]
         return cls(cluster_nodes=tuple(value), **kwargs)  # type: ignore[arg-type]
 
-    def connect(self) -> RedisClient:
+    async def open(self) -> RedisClient:
+        """A client ready for concurrent use.
+
+        A cluster client is initialized here, before any concurrency: redis-py's
+        asyncio RedisCluster initializes lazily, and many first commands racing into that
+        initialization close each other's connections.
+        """
         if self.cluster_nodes:
             nodes = [ClusterNode(*_host_port(n)) for n in self.cluster_nodes]
-            return RedisCluster(
+            cluster = RedisCluster(
                 startup_nodes=nodes,
                 decode_responses=True,
                 socket_timeout=self.socket_timeout,
                 max_connections=self.max_connections,
             )
+            return await cluster.initialize()
         return Redis.from_url(
             self.url,
             decode_responses=True,

@@ -30,8 +30,14 @@ class _Entry:
     def bucket(self) -> Bucket:
         s = self.spec
         return Bucket(
-            id=s.id, kind=s.kind, status=self.status, granted=s.granted, used=self.used,
-            expires_at=s.expires_at, ordered_at=s.ordered_at, order_id=s.order_id,
+            id=s.id,
+            kind=s.kind,
+            status=self.status,
+            granted=s.granted,
+            used=self.used,
+            expires_at=s.expires_at,
+            ordered_at=s.ordered_at,
+            order_id=s.order_id,
         )
 
     def live(self, now: int) -> bool:
@@ -48,7 +54,8 @@ class BalanceModel:
     def _ordered(self) -> list[_Entry]:
         # Redis breaks score ties by member, byte-wise; ids are ASCII, so str order matches.
         return sorted(
-            self._entries.values(), key=lambda e: (priority(e.spec.kind, e.spec.ordered_at), e.spec.id)
+            self._entries.values(),
+            key=lambda e: (priority(e.spec.kind, e.spec.ordered_at), e.spec.id),
         )
 
     def buckets(self) -> list[Bucket]:

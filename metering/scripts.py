@@ -71,8 +71,8 @@ async def call(
     Redis errors come back as ``redis`` exceptions; callers translate them at their edge.
     """
     try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
     except redis_errors.NoScriptError:
         REDIS_ERRORS.labels("noscript").inc()
         # EVAL caches the source on the node that ran it, so the next EVALSHA succeeds.
-        return await client.eval(script.source, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        return await client.eval(script.source, len(keys), *keys, *args)

@@ -36,9 +36,7 @@ def text(value: Any) -> str:
 def parse_debit(reply: Sequence[Any]) -> Debit:
     """Parse the reply of ``debit_pv.lua``: {granted, reason, now, id_1, n_1, ...}."""
     reason = text(reply[1])
-    takes = tuple(
-        (text(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 2)
-    )
+    takes = tuple((text(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 2))
     return Debit(int(reply[0]), Refusal(reason) if reason else None, int(reply[2]), takes)
 
 
@@ -121,8 +119,12 @@ class BalanceStore:
         )
         why = text(reason)
         return Snapshot(
-            enterprise_id, int(now), bool(int(suspended)), int(available),
-            Refusal(why) if why else None, buckets,
+            enterprise_id,
+            int(now),
+            bool(int(suspended)),
+            int(available),
+            Refusal(why) if why else None,
+            buckets,
         )
 
     async def set_suspended(self, enterprise_id: str, suspended: bool) -> bool:

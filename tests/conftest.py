@@ -64,9 +64,7 @@ def topology(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def servers(
-    topology: str, request: pytest.FixtureRequest
-) -> RedisServer | RedisClusterServers:
+def servers(topology: str, request: pytest.FixtureRequest) -> RedisServer | RedisClusterServers:
     """The servers of this test's topology, emptied first."""
     if topology == "single":
         server: RedisServer = request.getfixturevalue("redis_node")
@@ -84,6 +82,7 @@ async def client(servers: RedisServer | RedisClusterServers) -> AsyncIterator[Re
     if isinstance(servers, RedisServer):
         conn = single_client(servers)
     else:
-        conn = cluster_client(servers)
+        # Initialized before use: concurrent lazy initialization drops connections.
+        conn = await cluster_client(servers).initialize()
     yield conn
     await conn.aclose()

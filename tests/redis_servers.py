@@ -57,19 +57,39 @@ class RedisServer:
         self.dir = directory or Path(tempfile.mkdtemp(prefix="pvgate-redis-"))
         self._owns_dir = directory is None
         self.args = [
-            redis_server_binary(), "--port", str(self.port), "--bind", self.host,
-            "--dir", str(self.dir), "--save", "", "--daemonize", "no",
-            "--logfile", str(self.dir / f"redis-{self.port}.log"),
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / f"redis-{self.port}.log"),
         ]
         if aof:
-            self.args += ["--appendonly", "yes", "--appendfsync", "always"]
+            self.args += [
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--appendfilename",
+                f"appendonly-{self.port}.aof",
+            ]
         else:
             self.args += ["--appendonly", "no"]
         if cluster:
             self.args += [
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", f"nodes-{self.port}.conf",
-                "--cluster-node-timeout", "1000",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{self.port}.conf",
+                "--cluster-node-timeout",
+                "1000",
             ]
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -119,9 +139,9 @@ class RedisServer:
 class RedisClusterServers:
     """Three masters, no replicas, every slot assigned (the CLUSTER commands, no redis-cli)."""
 
-    def __init__(self, size: int = 3):
+    def __init__(self, size: int = 3, *, aof: bool = False):
         self.dir = Path(tempfile.mkdtemp(prefix="pvgate-cluster-"))
-        self.nodes = [RedisServer(cluster=True, directory=self.dir) for _ in range(size)]
+        self.nodes = [RedisServer(cluster=True, aof=aof, directory=self.dir) for _ in range(size)]
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:

@@ -1,0 +1,97 @@
+"""The Meter: batching, the zero boundary, SCRIPT FLUSH mid-stream (test 4), abandoned grants."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from metering import BalanceStore, Meter
+from metering.buckets import Refusal
+from tests.helpers import gift, package
+from tests.redis_servers import RedisServer
+
+
+def nodes_of(servers) -> list[RedisServer]:
+    return [servers] if isinstance(servers, RedisServer) else servers.nodes
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_first_waiters_are_granted_at_the_zero_boundary(client):
+    """10 waiters, 5 PV, batches of 3: the first 5 in arrival order get the PV."""
+    await BalanceStore(client).credit("edge", gift("g", 2))
+    await BalanceStore(client).credit("edge", package("p", 3, at=1))
+    meter = Meter(client, max_batch=3, timeout=2.0)
+    calls_before = sample("pvgate_meter_batch_size_count")
+    results = await asyncio.gather(*(meter.debit("edge") for _ in range(10)))
+    assert [r.bucket_id for r in results] == ["g", "g", "p", "p", "p"] + [None] * 5
+    assert [r.reason for r in results[5:]] == [Refusal.EXHAUSTED] * 5
+    assert sample("pvgate_meter_batch_size_count") - calls_before == 4  # ceil(10 / 3) calls
+
+
+async def test_waiters_of_different_enterprises_share_one_flush(client):
+    store = BalanceStore(client)
+    for i in range(20):
+        await store.credit(f"e{i}", gift("g", 1))
+    meter = Meter(client, timeout=2.0)
+    rounds_before = sample("pvgate_meter_duration_seconds_count")
+    results = await asyncio.gather(*(meter.debit(f"e{i % 20}") for i in range(40)))
+    assert sum(r.granted for r in results) == 20
+    assert all(results[i].granted and not results[i + 20].granted for i in range(20))
+    flushes = sample("pvgate_meter_duration_seconds_count") - rounds_before
+    # One pipelined round, on a cluster split across the masters concurrently.
+    assert flushes == 1
+
+
+async def test_abandoned_grant_goes_back(client):
+    store = BalanceStore(client)
+    await store.credit("gone", gift("g", 5))
+    meter = Meter(client, timeout=2.0)
+    waiting = asyncio.ensure_future(meter.debit("gone"))
+    await asyncio.sleep(0)  # queued, not yet flushed
+    waiting.cancel()
+    await asyncio.sleep(0)
+    await meter.aclose()
+    assert (await store.snapshot("gone")).buckets[0].used == 0
+
+
+async def test_script_flush_mid_stream_fails_no_debit(client, servers):
+    """Test 4: SCRIPT FLUSH on every node while debits stream: none fails, none is lost."""
+    store = BalanceStore(client)
+    enterprises = [f"flush-{i}" for i in range(8)]
+    for e in enterprises:
+        await store.credit(e, package("p", 10**6))
+    meter = Meter(client, timeout=2.0)
+    admins = [Redis(host=n.host, port=n.port) for n in nodes_of(servers)]
+    noscript_before = sample("pvgate_redis_errors_total", kind="noscript")
+    stop = asyncio.Event()
+
+    async def flusher() -> int:
+        flushes = 0
+        while not stop.is_set():
+            await asyncio.gather(*(a.script_flush() for a in admins))
+            flushes += 1
+            await asyncio.sleep(0.002)
+        return flushes
+
+    flushing = asyncio.create_task(flusher())
+    granted = 0
+    for wave in range(60):
+        results = await asyncio.gather(
+            *(meter.debit(enterprises[(wave + i) % 8]) for i in range(100))
+        )
+        granted += sum(r.granted for r in results)
+    stop.set()
+    assert await flushing > 10
+    for a in admins:
+        await a.aclose()
+    assert granted == 6000
+    used = 0
+    for e in enterprises:
+        used += (await store.snapshot(e)).buckets[0].used
+    assert used == 6000
+    assert sample("pvgate_redis_errors_total", kind="noscript") > noscript_before
