@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from metering.scripts import RedisClient
@@ -44,12 +44,16 @@ class RedisSettings:
                 max_connections=self.max_connections,
             )
             return await cluster.initialize()
-        return Redis.from_url(
+        # A blocking pool waits for a free connection instead of failing the command
+        # when more than max_connections are busy.
+        pool = BlockingConnectionPool.from_url(
             self.url,
             decode_responses=True,
             socket_timeout=self.socket_timeout,
             max_connections=self.max_connections,
+            timeout=self.socket_timeout,
         )
+        return Redis(connection_pool=pool)
 
 
 def _host_port(node: str) -> tuple[str, int]:

@@ -5,6 +5,10 @@ Debits for one enterprise that arrive in the same event-loop turn are coalesced 
 go out pipelined in one round trip.  The script grants the first k of n and the Meter
 hands those k grants to the first k waiters in arrival order, so batching never
 oversells.  Every failure reaches the waiters as a `MeterError` within ``timeout``.
+
+A flush sends at most ``max_pipeline`` enterprises per pipeline, and the pipelines of
+one flush go out concurrently on their own connections, so that Redis runs one group
+while the client is still building or reading another.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class DebitResult:
 
 
 REFUSED = {reason: DebitResult(False, None, reason) for reason in Refusal}
+# A flush racing the reload again is retried; past this many, those waiters get an error.
+_NOSCRIPT_ATTEMPTS = 5
 
 
 class Meter:
@@ -49,7 +55,7 @@ class Meter:
         *,
         timeout: float = 0.05,
         max_batch: int = 256,
-        max_pipeline: int = 512,
+        max_pipeline: int = 64,
     ) -> None:
         if timeout <= 0 or max_batch < 1 or max_pipeline < 1:
             raise ValueError("timeout, max_batch and max_pipeline must be positive")
@@ -122,21 +128,30 @@ class Meter:
             index += count
 
     async def _execute(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
+        replies = await self._pipeline(calls)
+        for _ in range(_NOSCRIPT_ATTEMPTS):
+            missing = [
+                i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
+            ]
+            if not missing:
+                break
+            # The script cache was flushed (SCRIPT FLUSH, failover): those calls did not
+            # run.  Load the script once (on every master of a cluster) and re-send them
+            # together; the grants still go to the earliest waiters (see _resolve).
+            REDIS_ERRORS.labels("noscript").inc()
+            await self._client.script_load(scripts.DEBIT_PV.source)
+            again = await self._pipeline([calls[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _pipeline(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for enterprise_id, n in calls:
             pipe.execute_command(
                 "EVALSHA", scripts.DEBIT_PV.sha, 4, *enterprise_keys(enterprise_id), n
             )
         replies: list[Any] = await pipe.execute(raise_on_error=False)
-        for i, reply in enumerate(replies):
-            if isinstance(reply, redis_errors.NoScriptError):
-                # The script cache was flushed (SCRIPT FLUSH, failover): nothing ran.
-                # Re-sent in order, so the grants still go to the earliest waiters.
-                REDIS_ERRORS.labels("noscript").inc()
-                enterprise_id, n = calls[i]
-                replies[i] = await scripts.call(
-                    self._client, scripts.DEBIT_PV, enterprise_keys(enterprise_id), (n,)
-                )
         return replies
 
     def _resolve(self, enterprise_id: str, waiters: Waiters, replies: Sequence[Any]) -> None:

@@ -8,8 +8,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from metering.embedded import RedisClusterServers, RedisServer
 from metering.scripts import RedisClient
-from tests.redis_servers import RedisClusterServers, RedisServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -8,12 +8,12 @@ if type(want) == 'table' then
   return want
 end
 local now = now_ms()
-if redis.call('HGET', META, 'suspended') == '1' then
+local state = redis.call('HMGET', META, 'suspended', 'blocked')
+if state[1] == '1' then
   return {0, 'suspended', now}
 end
-local cached = redis.call('HGET', META, 'blocked')
-if cached then
-  return {0, cached, now}
+if state[2] then
+  return {0, state[2], now}
 end
 
 local reply = {0, '', now}

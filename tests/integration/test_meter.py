@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 
 from metering import BalanceStore, Meter
 from metering.buckets import Refusal
+from metering.embedded import RedisServer
 from tests.helpers import gift, package
-from tests.redis_servers import RedisServer
 
 
 def nodes_of(servers) -> list[RedisServer]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from metering import BalanceStore
+from metering.embedded import RedisServer
 from tests.helpers import gift, package
 from tests.load import debit_storm
-from tests.redis_servers import RedisServer
 
 
 @pytest.mark.timeout(180)

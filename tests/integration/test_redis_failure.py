@@ -17,11 +17,11 @@ import pytest
 from redis.crc import key_slot
 
 from metering import BalanceStore, Meter, MeterError, MeterTimeout
+from metering.embedded import RedisClusterServers, RedisServer
 from metering.keys import enterprise_keys
 from metering.scripts import RedisClient
 from tests.conftest import cluster_client, single_client
 from tests.helpers import package
-from tests.redis_servers import RedisClusterServers, RedisServer
 
 TIMEOUT = 0.05
 # Event-loop scheduling on a busy 2-core machine; the error must not wait for Redis.

