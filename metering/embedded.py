@@ -199,4 +199,3 @@ class RedisClusterServers:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-

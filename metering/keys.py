@@ -8,6 +8,9 @@ script touches a single cluster slot.
     pvgate:{E}:all       zset   every bucket ever credited, in deduction order
     pvgate:{E}:buckets   hash   "<bucket_id>|<field>" -> value, one set of fields a bucket
     pvgate:usage         stream usage entries appended by gateways, read by billing
+    pvgate:{sites}:all   hash   site key (host + path prefix) -> site JSON
+    pvgate:{sites}:version      counter, bumped on every site change
+    pvgate:sites:changed        pub/sub channel: a site changed (payload: its key)
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from metering.errors import InvalidIdentifier
 
 PREFIX = "pvgate"
 USAGE_STREAM = f"{PREFIX}:usage"
+SITES = f"{PREFIX}:{{sites}}:all"
+SITES_VERSION = f"{PREFIX}:{{sites}}:version"
+SITES_CHANNEL = f"{PREFIX}:sites:changed"
 
 _ENTERPRISE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # "|" separates the bucket id from the field name inside the buckets hash.

@@ -184,15 +184,18 @@ class Meter:
                 if not future.done():
                     future.set_result(refused)
         for bucket_id, k in abandoned.items():
-            self._spawn(self._give_back(enterprise_id, bucket_id, k))
+            self._spawn(self.give_back(enterprise_id, bucket_id, k))
 
-    async def _give_back(self, enterprise_id: str, bucket_id: str, k: int) -> None:
+    async def give_back(self, enterprise_id: str, bucket_id: str, k: int = 1) -> int:
+        """Return k PV to the bucket they came from; the PV returned (0 on failure)."""
         keys = enterprise_keys(enterprise_id)
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
-                await scripts.call(self._client, scripts.GIVE_BACK_PV, keys, (bucket_id, k))
+                back = await scripts.call(self._client, scripts.GIVE_BACK_PV, keys, (bucket_id, k))
         except (TimeoutError, redis_errors.RedisError) as exc:
             scripts.translate(exc, f"give back {k} PV to {enterprise_id}/{bucket_id}")
+            return 0
+        return int(back)
 
 
 def _fail(waiters: Waiters, error: Exception) -> None:

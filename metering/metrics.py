@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 METER_BATCH_SIZE = Histogram(
     "pvgate_meter_batch_size",
@@ -18,4 +18,20 @@ REDIS_ERRORS = Counter(
     "pvgate_redis_errors_total",
     "Redis failures seen by metering, by kind (timeout, connection, script, noscript).",
     ["kind"],
+)
+
+# "livemax": across gateway worker processes the worst lag counts, and a dead worker's last
+# value must not stick.
+USAGE_FLUSH_LAG = Gauge(
+    "pvgate_usage_flush_lag_seconds",
+    "Age of the oldest usage row not yet written to the usage stream (0 when all written).",
+    multiprocess_mode="livemax",
+)
+USAGE_ENTRIES = Counter(
+    "pvgate_usage_entries_total",
+    "Usage stream entries written (XADD acknowledged by Redis).",
+)
+USAGE_DROPPED = Counter(
+    "pvgate_usage_dropped_total",
+    "PV in usage rows dropped unsent because the pending buffer was full (sum of |n|).",
 )

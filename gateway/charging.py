@@ -1,0 +1,181 @@
+"""Charging one page view: the Meter behind a blocked-state cache and a circuit breaker.
+
+    charge(enterprise) → Granted(bucket) | Blocked(reason) | Unmetered | Unavailable
+
+* A refusal is cached per enterprise for ``blocked_cache`` seconds: page views and the
+  other requests of a blocked enterprise are refused without a Redis call, and a top-up
+  is seen within that time.
+* Redis failures open a circuit breaker, so a dead Redis costs one timeout, not one per
+  request.  ``fail_closed`` then answers Unavailable (503).  ``fail_open`` serves
+  (Unmetered) up to an allowance per enterprise; views refused by the open breaker never
+  reached Redis and are debited later ("replayed") once Redis answers again, while views
+  whose debit timed out are counted unbilled — they may have been debited, and billing
+  them again could charge twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from gateway.metrics import BREAKER_OPEN, PV_DEBITED, PV_GIVEN_BACK, PV_REPLAYED, PV_UNBILLED
+from gateway.settings import FailureSection
+from metering import BalanceStore, Meter, MeterError
+from metering.buckets import Refusal
+from metering.usage import UsageRecorder
+
+log = logging.getLogger("pvgate.charging")
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    bucket_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    reason: Refusal
+
+
+class _Unmetered:
+    """Served without a debit (fail-open)."""
+
+
+class _Unavailable:
+    """Not served: Redis is failing and no allowance is left, or fail-closed."""
+
+
+UNMETERED, UNAVAILABLE = _Unmetered(), _Unavailable()
+Charge = Granted | Blocked | _Unmetered | _Unavailable
+
+
+class CircuitBreaker:
+    """Opens after ``failures`` failures in a row; lets one probe through per ``reset``."""
+
+    def __init__(self, failures: int, reset: float) -> None:
+        self._threshold, self._reset = failures, reset
+        self._failures = 0
+        self._retry_at = 0.0  # while open: when the next probe may go
+
+    @property
+    def open(self) -> bool:
+        return self._failures >= self._threshold
+
+    def allow(self) -> bool:
+        if not self.open:
+            return True
+        now = time.monotonic()
+        if now < self._retry_at:
+            return False
+        self._retry_at = now + self._reset  # this caller is the probe
+        return True
+
+    def success(self) -> None:
+        if self.open:
+            log.warning("Redis answers again: circuit breaker closed")
+            BREAKER_OPEN.set(0)
+        self._failures = 0
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._failures == self._threshold:
+            log.error("Redis failing: circuit breaker open")
+            BREAKER_OPEN.set(1)
+        if self.open:
+            self._retry_at = time.monotonic() + self._reset
+
+
+class Charger:
+    def __init__(
+        self,
+        meter: Meter,
+        store: BalanceStore,
+        usage: UsageRecorder,
+        failure: FailureSection,
+        *,
+        blocked_cache: float,
+    ) -> None:
+        self._meter, self._store, self._usage = meter, store, usage
+        self._fail_open = failure.mode == "fail_open"
+        self._allowance = failure.allowance_per_enterprise
+        self._breaker = CircuitBreaker(failure.breaker_failures, failure.breaker_reset_ms / 1000)
+        self._blocked_cache = blocked_cache
+        self._blocked: dict[str, tuple[Refusal, float]] = {}
+        self._served_unmetered: Counter[str] = Counter()  # toward the allowance
+        self._to_replay: Counter[str] = Counter()
+        self._replaying: asyncio.Task[None] | None = None
+
+    def blocked(self, enterprise_id: str) -> Refusal | None:
+        """The cached refusal of an enterprise, if still fresh."""
+        entry = self._blocked.get(enterprise_id)
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            del self._blocked[enterprise_id]
+            return None
+        return entry[0]
+
+    async def charge(self, enterprise_id: str) -> Charge:
+        reason = self.blocked(enterprise_id)
+        if reason is not None:
+            return Blocked(reason)
+        if not self._breaker.allow():
+            return self._degraded(enterprise_id, replay=True)
+        try:
+            result = await self._meter.debit(enterprise_id)
+        except MeterError as exc:
+            self._breaker.failure()
+            log.debug("debit for %s failed: %s", enterprise_id, exc)
+            return self._degraded(enterprise_id, replay=False)
+        self._breaker.success()
+        if self._to_replay:
+            if self._replaying is None:
+                self._replaying = asyncio.create_task(self._replay())
+        elif self._served_unmetered:
+            self._served_unmetered.clear()  # the outage is over: allowances start afresh
+        if result.bucket_id is not None:
+            PV_DEBITED.inc()
+            self._usage.record(enterprise_id, result.bucket_id)
+            return Granted(result.bucket_id)
+        assert result.reason is not None
+        self._blocked[enterprise_id] = (result.reason, time.monotonic() + self._blocked_cache)
+        return Blocked(result.reason)
+
+    def _degraded(self, enterprise_id: str, *, replay: bool) -> Charge:
+        if not self._fail_open or self._served_unmetered[enterprise_id] >= self._allowance:
+            return UNAVAILABLE
+        self._served_unmetered[enterprise_id] += 1
+        if replay:
+            self._to_replay[enterprise_id] += 1
+        else:
+            PV_UNBILLED.labels("debit_outcome_unknown").inc()
+        return UNMETERED
+
+    async def give_back(self, enterprise_id: str, bucket_id: str) -> None:
+        """The origin failed to deliver a counted view: its PV goes back to its bucket."""
+        if await self._meter.give_back(enterprise_id, bucket_id):
+            PV_GIVEN_BACK.inc()
+            self._usage.record(enterprise_id, bucket_id, -1)
+
+    async def _replay(self) -> None:
+        """Debit what fail-open served while the breaker was open, one call per enterprise."""
+        try:
+            while self._to_replay and not self._breaker.open:
+                enterprise_id, count = self._to_replay.popitem()
+                try:
+                    debit = await self._store.debit(enterprise_id, count)
+                except MeterError as exc:
+                    self._to_replay[enterprise_id] += count
+                    log.warning("replay for %s postponed: %s", enterprise_id, exc)
+                    return
+                for bucket_id, n in debit.takes:
+                    self._usage.record(enterprise_id, bucket_id, n)
+                PV_REPLAYED.inc(debit.granted)
+                PV_DEBITED.inc(debit.granted)
+                if count > debit.granted:
+                    PV_UNBILLED.labels(f"replay_{debit.reason}").inc(count - debit.granted)
+        finally:
+            self._replaying = None

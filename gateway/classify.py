@@ -1,0 +1,60 @@
+"""What counts as a page view (DESIGN §4).
+
+A PV is a ``GET`` for a document — ``Sec-Fetch-Dest: document|iframe``, or, from a client
+that sends no ``Sec-Fetch-*`` headers, an ``Accept`` naming ``text/html`` — for a path
+that is not an asset, and not a prefetch or prerender.  A site's ``include`` globs narrow
+the paths that may count; its ``exclude`` globs take paths out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+from functools import lru_cache
+
+from metering.sites import Site
+
+ASSET_SUFFIXES = (
+    ".js",
+    ".css",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".svg",
+    ".webp",
+    ".ico",
+    ".woff",
+    ".woff2",
+    ".ttf",
+    ".map",
+    ".json",
+    ".txt",
+)
+_DOCUMENT_DESTS = frozenset({"document", "iframe"})
+
+
+def is_page_view(method: str, path: str, headers: Mapping[str, str], site: Site) -> bool:
+    if method != "GET" or _is_speculative(headers):
+        return False
+    if path.lower().endswith(ASSET_SUFFIXES):
+        return False
+    dest = headers.get("Sec-Fetch-Dest")
+    if dest is not None:
+        if dest.lower() not in _DOCUMENT_DESTS:
+            return False
+    elif headers.get("Sec-Fetch-Mode") is not None or "text/html" not in headers.get("Accept", ""):
+        return False
+    return _allowed_by_rules(path, site.include, site.exclude)
+
+
+def _is_speculative(headers: Mapping[str, str]) -> bool:
+    purpose = headers.get("Sec-Purpose") or headers.get("Purpose") or headers.get("X-Moz")
+    return purpose is not None and ("prefetch" in purpose or "prerender" in purpose)
+
+
+@lru_cache(maxsize=4096)
+def _allowed_by_rules(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    if include and not any(fnmatchcase(path, g) for g in include):
+        return False
+    return not any(fnmatchcase(path, g) for g in exclude)

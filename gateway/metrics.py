@@ -1,0 +1,50 @@
+"""Prometheus metrics of the data plane (DESIGN §7); no per-enterprise labels here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+OUTCOMES = (
+    "served",
+    "blocked_exhausted",
+    "blocked_expired",
+    "blocked_no_balance",
+    "blocked_suspended",
+    "not_counted",
+    "unknown_site",
+    "bad_request",
+    "upstream_error",
+    "fail_open",
+    "fail_closed",
+)
+REQUESTS = Counter("pvgate_requests_total", "Requests by what the gateway did.", ["outcome"])
+PV_DEBITED = Counter("pvgate_pv_debited_total", "Page views debited from a balance.")
+PV_GIVEN_BACK = Counter(
+    "pvgate_pv_given_back_total", "Page views given back after the origin failed to deliver."
+)
+PV_UNBILLED = Counter(
+    "pvgate_pv_unbilled_total",
+    "Page views served while Redis was failing that could not be billed, by reason.",
+    ["reason"],
+)
+PV_REPLAYED = Counter(
+    "pvgate_pv_replayed_total", "Page views served in fail-open mode and debited afterwards."
+)
+REQUEST_DURATION = Histogram(
+    "pvgate_request_duration_seconds",
+    "Time from request to response headers, as the gateway saw it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+UPSTREAM_DURATION = Histogram(
+    "pvgate_upstream_duration_seconds",
+    "Time the origin took to answer with its response headers.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BREAKER_OPEN = Gauge(
+    "pvgate_redis_breaker_open",
+    "1 while the Redis circuit breaker is open in a worker.",
+    multiprocess_mode="max",
+)
+
+# Children for the hot path, looked up once.
+OUTCOME = {name: REQUESTS.labels(name) for name in OUTCOMES}

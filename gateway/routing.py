@@ -1,0 +1,145 @@
+"""Routing a request to its site, and keeping every process's site table current.
+
+`SiteTable` is an immutable lookup built from a list of sites; `SiteWatcher` rebuilds it
+when the registry in Redis changes: on a pub/sub notification and, as a safety net, when
+a periodic version check (default every second) sees a new version.  No request ever
+reads Redis for routing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from metering.keys import SITES_CHANNEL
+from metering.scripts import RedisClient
+from metering.sites import Site, SiteRegistry, SiteStatus
+
+log = logging.getLogger("pvgate.routing")
+
+
+class SiteTable:
+    """Approved sites by exact host, by wildcard suffix, then by longest path prefix."""
+
+    def __init__(self, sites: Iterable[Site]) -> None:
+        self._exact: dict[str, list[Site]] = {}
+        self._wildcard: dict[str, list[Site]] = {}
+        count = 0
+        for site in sites:
+            if site.status is not SiteStatus.APPROVED:
+                continue
+            count += 1
+            if site.host.startswith("*."):
+                self._wildcard.setdefault(site.host[1:], []).append(site)  # ".example.com"
+            else:
+                self._exact.setdefault(site.host, []).append(site)
+        for table in (self._exact, self._wildcard):
+            for candidates in table.values():
+                candidates.sort(key=lambda s: len(s.path_prefix), reverse=True)
+        self.size = count
+
+    def route(self, host: str, path: str) -> Site | None:
+        """The site for a (lowercase, port-less) host and a path, or None."""
+        site = _by_prefix(self._exact.get(host), path)
+        if site is not None:
+            return site
+        dot = host.find(".")
+        while dot != -1:  # the longest matching suffix wins: a.b.c → .b.c, then .c
+            site = _by_prefix(self._wildcard.get(host[dot:]), path)
+            if site is not None:
+                return site
+            dot = host.find(".", dot + 1)
+        return None
+
+
+def _by_prefix(candidates: list[Site] | None, path: str) -> Site | None:
+    for site in candidates or ():
+        prefix = site.path_prefix
+        if not prefix or path == prefix or path.startswith(prefix + "/"):
+            return site
+    return None
+
+
+class SiteWatcher:
+    """Holds the current `SiteTable`: registry sites plus the config file's."""
+
+    def __init__(
+        self, client: RedisClient, static: Iterable[Site] = (), *, refresh: float = 1.0
+    ) -> None:
+        self._client = client
+        self._registry = SiteRegistry(client)
+        self._static = list(static)
+        self._refresh = refresh
+        self._version = -1
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.table = SiteTable(self._static)
+        self.ready = asyncio.Event()  # set once the registry has been loaded
+
+    async def start(self) -> None:
+        """Load once (errors logged, static sites still served), then watch."""
+        await self.reload()
+        self._tasks = [asyncio.create_task(self._poll()), asyncio.create_task(self._listen())]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def reload(self, force: bool = False) -> bool:
+        """Rebuild the table if the registry version moved; True if rebuilt."""
+        try:
+            if not force and await self._registry.version() == self._version:
+                return False
+            version, sites = await self._registry.load()
+        except redis_errors.RedisError as exc:
+            log.warning("site registry unreachable, keeping %d sites: %s", self.table.size, exc)
+            return False
+        static_keys = {s.key for s in self._static}
+        merged = self._static + [s for s in sites if s.key not in static_keys]
+        self.table, self._version = SiteTable(merged), version
+        self.ready.set()
+        log.info("sites loaded: version %d, %d approved", version, self.table.size)
+        return True
+
+    async def _poll(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._refresh)
+            self._wake.clear()
+            await self.reload()
+
+    async def _listen(self) -> None:
+        """Wake the poller on every change notification; reconnect when Redis drops."""
+        while True:
+            try:
+                async with _pubsub_connection(self._client) as conn, conn.pubsub() as pubsub:
+                    await pubsub.subscribe(SITES_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._wake.set()
+            except (redis_errors.RedisError, OSError) as exc:
+                log.debug("site notifications interrupted: %s", exc)
+            await asyncio.sleep(self._refresh)
+
+
+@contextlib.asynccontextmanager
+async def _pubsub_connection(client: RedisClient) -> AsyncIterator[Redis]:
+    """A plain connection for SUBSCRIBE: on a cluster, to any node (PUBLISH reaches all)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_random_node()
+        conn = Redis(host=node.host, port=int(node.port), decode_responses=True)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+    else:
+        yield client

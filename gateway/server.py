@@ -1,0 +1,158 @@
+"""Running the gateway: a supervisor and N worker processes sharing the port.
+
+The supervisor starts the workers (spawned, each with uvloop and its own Redis client,
+Meter and origin pool, all binding the listen address with SO_REUSEPORT), restarts a
+worker that dies, and serves ``/metrics`` (every worker's metrics through prometheus
+multiprocess mode), ``/healthz`` and ``/readyz`` on the metrics port.  SIGTERM: the
+workers stop accepting, finish what is in flight (bounded by ``limits.shutdown_grace_s``),
+flush their usage and exit; then the supervisor exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.settings import GatewaySettings, split_address
+from metering.logs import configure_logging
+
+log = logging.getLogger("pvgate.server")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def serve(settings: GatewaySettings) -> int:
+    """Run the supervisor until SIGTERM or SIGINT; the exit status."""
+    configure_logging(settings.log_level)
+    metrics_dir = Path(tempfile.mkdtemp(prefix="pvgate-metrics-"))
+    # Set before any worker imports prometheus_client: it picks its value class then.
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    try:
+        return asyncio.run(Supervisor(settings, metrics_dir).run())
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class Supervisor:
+    def __init__(self, settings: GatewaySettings, metrics_dir: Path) -> None:
+        self.settings = settings
+        self.metrics_dir = metrics_dir
+        self.workers: list[BaseProcess] = []
+        self.stopping = asyncio.Event()
+        self._redis_ok = (0.0, False)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self.workers = [self._spawn() for _ in range(self.settings.workers)]
+        runner = web.AppRunner(self._metrics_app(), access_log=None)
+        await runner.setup()
+        host, port = split_address(self.settings.metrics_listen, "metrics_listen")
+        await web.TCPSite(runner, host, port).start()
+        log.info(
+            "gateway on %s with %d workers, metrics on %s",
+            self.settings.listen,
+            len(self.workers),
+            self.settings.metrics_listen,
+        )
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.5)
+            self._replace_dead()
+        await self._stop_workers()
+        await runner.cleanup()
+        return 0
+
+    def _spawn(self) -> BaseProcess:
+        from gateway.worker import run_worker
+
+        ctx = multiprocessing.get_context("spawn")
+        process = ctx.Process(
+            target=run_worker, args=(self.settings, str(self.metrics_dir)), daemon=False
+        )
+        process.start()
+        return process
+
+    def _replace_dead(self) -> None:
+        from prometheus_client import multiprocess
+
+        for i, process in enumerate(self.workers):
+            if process.is_alive() or self.stopping.is_set():
+                continue
+            log.error("worker %s exited with %s; starting another", process.pid, process.exitcode)
+            if process.pid is not None:
+                multiprocess.mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+                (self.metrics_dir / f"ready-{process.pid}").unlink(missing_ok=True)
+            self.workers[i] = self._spawn()
+
+    async def _stop_workers(self) -> None:
+        for process in self.workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.limits.shutdown_grace_s + 5
+        for process in self.workers:
+            await asyncio.to_thread(process.join, max(deadline - time.monotonic(), 0.1))
+            if process.is_alive():
+                log.error("worker %s did not stop in time; killed", process.pid)
+                process.kill()
+            process.join(5)
+
+    def _metrics_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        alive = [p for p in self.workers if p.is_alive()]
+        ready = [p for p in alive if (self.metrics_dir / f"ready-{p.pid}").exists()]
+        redis_ok = await self._redis_reachable()
+        ok = redis_ok and len(ready) == len(self.workers) and not self.stopping.is_set()
+        body = {
+            "ready": ok,
+            "redis": redis_ok,
+            "workers": len(self.workers),
+            "workers_ready": len(ready),
+        }
+        return web.json_response(body, status=200 if ok else 503)
+
+    async def _redis_reachable(self) -> bool:
+        checked_at, ok = self._redis_ok
+        if time.monotonic() - checked_at < 1.0:
+            return ok
+        try:
+            client = await self.settings.redis.settings().open()
+            try:
+                async with asyncio.timeout(1.0):
+                    ok = bool(await client.ping())
+            finally:
+                await client.aclose()
+        except Exception as exc:  # any failure to reach Redis means not ready
+            log.warning("readiness: Redis unreachable: %s", exc)
+            ok = False
+        self._redis_ok = (time.monotonic(), ok)
+        return ok

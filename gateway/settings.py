@@ -1,0 +1,164 @@
+"""The gateway's settings: one frozen dataclass tree, built by `metering.config`.
+
+Every field can be set in the TOML file (``[section] key = …``) and overridden by
+``PVGATE_<SECTION>_<KEY>``; ``examples/gateway.toml`` documents them all.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from metering.config import ConfigError, build, load_file
+from metering.connection import RedisSettings
+from metering.sites import Site, SiteStatus
+
+
+def _positive(owner: object, *names: str) -> None:
+    for name in names:
+        if getattr(owner, name) <= 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(owner, name)}")
+
+
+def split_address(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} {value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedisSection:
+    url: str = "redis://127.0.0.1:6379/0"
+    cluster_nodes: tuple[str, ...] = ()
+    timeout_ms: int = 50
+    max_connections: int = 64
+
+    def __post_init__(self) -> None:
+        _positive(self, "timeout_ms", "max_connections")
+
+    def settings(self) -> RedisSettings:
+        return RedisSettings(
+            url=self.url,
+            cluster_nodes=self.cluster_nodes,
+            socket_timeout=max(self.timeout_ms / 1000, 1.0),
+            max_connections=self.max_connections,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamSection:
+    connect_timeout_ms: int = 2000
+    read_timeout_ms: int = 30000
+    pool_size: int = 256
+    pool_size_per_host: int = 64
+    keepalive_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "connect_timeout_ms", "read_timeout_ms", "pool_size", "keepalive_s")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsSection:
+    max_header_line: int = 8190
+    max_headers: int = 100
+    max_body_bytes: int = 10 * 1024 * 1024
+    header_timeout_s: float = 10.0
+    shutdown_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_header_line", "max_headers", "max_body_bytes", "header_timeout_s")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailureSection:
+    mode: Literal["fail_open", "fail_closed"] = "fail_open"
+    # PV an enterprise may be served without a debit while Redis is down (per process).
+    allowance_per_enterprise: int = 1000
+    breaker_failures: int = 5
+    breaker_reset_ms: int = 1000
+
+    def __post_init__(self) -> None:
+        _positive(self, "breaker_failures", "breaker_reset_ms")
+        if self.allowance_per_enterprise < 0:
+            raise ValueError("allowance_per_enterprise must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteEntry:
+    """A site listed in the config file (``[[site]]``), beside those in Redis."""
+
+    host: str
+    enterprise_id: str
+    origin: str
+    path_prefix: str = ""
+    status: Literal["pending", "approved", "rejected"] = "approved"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def site(self) -> Site:
+        return Site(
+            host=self.host,
+            enterprise_id=self.enterprise_id,
+            origin=self.origin,
+            path_prefix=self.path_prefix,
+            status=SiteStatus(self.status),
+            include=self.include,
+            exclude=self.exclude,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewaySettings:
+    listen: str = "0.0.0.0:8080"
+    metrics_listen: str = "127.0.0.1:9100"
+    workers: int = 1
+    gateway_id: str = ""
+    # False turns metering off: a plain reverse proxy (the benchmark's baseline).
+    metering: bool = True
+    block_status: int = 402
+    blocked_cache_ms: int = 500
+    usage_flush_ms: int = 1000
+    sites_refresh_ms: int = 1000
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    redis: RedisSection = field(default_factory=RedisSection)
+    upstream: UpstreamSection = field(default_factory=UpstreamSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    failure: FailureSection = field(default_factory=FailureSection)
+    site: tuple[SiteEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        split_address(self.listen, "listen")
+        split_address(self.metrics_listen, "metrics_listen")
+        _positive(self, "workers", "blocked_cache_ms", "usage_flush_ms", "sites_refresh_ms")
+        if not 400 <= self.block_status <= 599:
+            raise ValueError(f"block_status must be a 4xx or 5xx status, got {self.block_status}")
+        sites = [s.site() for s in self.site]  # validates each, naming the bad value
+        keys = [s.key for s in sites]
+        if len(set(keys)) != len(keys):
+            raise ValueError("site: the same host and path_prefix is listed twice")
+
+    def sites(self) -> list[Site]:
+        return [s.site() for s in self.site]
+
+    def identity(self) -> str:
+        """This process's gateway id: configured name (else host name), pid, boot nonce.
+
+        Billing dedups usage on (gateway id, seq) and seq restarts with the process, so
+        the id must never repeat: a restarted container may well get the same pid.
+        """
+        return f"{self.gateway_id or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> GatewaySettings:
+    """Settings from the TOML file (none: embedded defaults) and the environment."""
+    data = load_file(path) if path else {}
+    return build(GatewaySettings, data, os.environ if env is None else env)
+
+
+__all__ = ["ConfigError", "GatewaySettings", "load_settings", "split_address"]

@@ -1,0 +1,79 @@
+"""One gateway worker process: uvloop, the app, SO_REUSEPORT, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from gateway.app import SITES, create_app
+from gateway.metrics import OUTCOME
+from gateway.settings import GatewaySettings, split_address
+from metering.logs import configure_logging
+
+log = logging.getLogger("pvgate.worker")
+
+
+class _BadRequestFilter(logging.Filter):
+    """aiohttp logs every malformed request with a traceback at ERROR: count it instead.
+
+    A client sending garbage must not be able to flood the logs; it answered 400 already.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            OUTCOME["bad_request"].inc()
+            return False
+        return True
+
+
+def run_worker(settings: GatewaySettings, metrics_dir: str) -> None:
+    configure_logging(settings.log_level)
+    logging.getLogger("aiohttp.server").addFilter(_BadRequestFilter())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve(settings, Path(metrics_dir)))
+
+
+async def _serve(settings: GatewaySettings, metrics_dir: Path) -> None:
+    limits = settings.limits
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        # aiohttp arms this at connection start too, so it also bounds a client that
+        # trickles its headers and never completes a request.
+        keepalive_timeout=limits.header_timeout_s,
+        max_line_size=limits.max_header_line,
+        max_field_size=limits.max_header_line,
+        max_headers=limits.max_headers,
+        shutdown_timeout=limits.shutdown_grace_s,
+    )
+    await runner.setup()
+    host, port = split_address(settings.listen, "listen")
+    await web.TCPSite(runner, host, port, reuse_port=True, backlog=2048).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready = metrics_dir / f"ready-{os.getpid()}"
+    marking = asyncio.create_task(_mark_ready(app, ready))
+    log.info("worker serving on %s", settings.listen)
+    await stop.wait()
+    marking.cancel()
+    ready.unlink(missing_ok=True)
+    log.info("worker stopping: finishing requests in flight, flushing usage")
+    await runner.cleanup()
+
+
+async def _mark_ready(app: web.Application, ready: Path) -> None:
+    """Tell the supervisor this worker is ready once its sites are loaded from Redis."""
+    await app[SITES].ready.wait()
+    await asyncio.to_thread(ready.touch)

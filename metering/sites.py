@@ -1,0 +1,114 @@
+"""Sites: which host (or path prefix on a shared host) belongs to which enterprise and origin.
+
+Stored in Redis so that every gateway replica sees a change within a second: the billing
+admin API writes through `SiteRegistry.put`, which bumps a version counter and publishes
+on a channel; gateways listen and also poll the version (see `gateway.routing`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from metering.keys import SITES, SITES_CHANNEL, SITES_VERSION, validate_enterprise_id
+from metering.scripts import RedisClient
+
+log = logging.getLogger("pvgate.sites")
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_HOST = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
+_PREFIX = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
+
+
+class SiteStatus(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Site:
+    """A host (exact, or ``*.suffix``) and optional path prefix served for one enterprise."""
+
+    host: str
+    enterprise_id: str
+    origin: str
+    path_prefix: str = ""
+    status: SiteStatus = SiteStatus.PENDING
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _HOST.fullmatch(self.host):
+            raise ValueError(f"host {self.host!r}: expected a lowercase name or *.suffix")
+        if not _PREFIX.fullmatch(self.path_prefix):
+            raise ValueError(
+                f"path_prefix {self.path_prefix!r}: expected '' or /segments without a final /"
+            )
+        validate_enterprise_id(self.enterprise_id)
+        origin = urlsplit(self.origin)
+        if origin.scheme not in ("http", "https") or not origin.hostname:
+            raise ValueError(f"origin {self.origin!r}: expected an http(s) URL")
+        object.__setattr__(self, "status", SiteStatus(self.status))
+        for name in ("include", "exclude"):
+            globs = getattr(self, name)
+            if not all(isinstance(g, str) and g.startswith("/") for g in globs):
+                raise ValueError(f"{name}: path globs must start with /, got {globs!r}")
+            object.__setattr__(self, name, tuple(globs))
+
+    @property
+    def key(self) -> str:
+        return self.host + self.path_prefix
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Site:
+        data: dict[str, Any] = orjson.loads(raw)
+        return cls(**data)
+
+
+class SiteRegistry:
+    """The sites in Redis: one hash, a version counter and a change channel."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
+
+    async def put(self, site: Site) -> int:
+        """Create or replace a site; the new registry version."""
+        await self._client.hset(SITES, site.key, site.to_json())
+        return await self._changed(site.key)
+
+    async def delete(self, key: str) -> int:
+        await self._client.hdel(SITES, key)
+        return await self._changed(key)
+
+    async def _changed(self, key: str) -> int:
+        version = int(await self._client.incr(SITES_VERSION))
+        await self._client.publish(SITES_CHANNEL, key)
+        return version
+
+    async def version(self) -> int:
+        return int(await self._client.get(SITES_VERSION) or 0)
+
+    async def get(self, key: str) -> Site | None:
+        raw = await self._client.hget(SITES, key)
+        return Site.from_json(raw) if raw else None
+
+    async def load(self) -> tuple[int, list[Site]]:
+        """The version and every valid site; a corrupt entry is logged and skipped."""
+        version = await self.version()
+        sites = []
+        for key, raw in (await self._client.hgetall(SITES)).items():
+            try:
+                sites.append(Site.from_json(raw))
+            except (ValueError, TypeError) as exc:
+                log.error("site %r in %s is invalid, skipped: %s", key, SITES, exc)
+        return version, sites

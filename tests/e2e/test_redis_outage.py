@@ -1,0 +1,120 @@
+"""Redis hung, then killed, under load: fail_open serves and bills later, fail_closed 503s.
+
+Either way, once the circuit breaker is open no request waits for the Redis timeout:
+the p99 latency during the outage stays far below it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+
+from metering import BalanceStore
+from metering.embedded import RedisServer
+from tests.conftest import single_client
+from tests.e2e.harness import HTML_HEADERS, sample, site
+from tests.helpers import package
+
+REDIS_TIMEOUT_MS = 200
+
+
+@dataclass
+class Load:
+    statuses: Counter[int] = field(default_factory=Counter)
+    outage_latencies: list[float] = field(default_factory=list)
+    outage_statuses: Counter[int] = field(default_factory=Counter)
+    outage_from: float = float("inf")  # breaker expected open from here on
+    outage_to: float = float("inf")
+
+
+async def drive(url: str, load: Load, stop: asyncio.Event, clients: int = 8) -> None:
+    headers = {**HTML_HEADERS, "Host": "shop.test"}
+    async with aiohttp.ClientSession() as session:
+
+        async def one_client() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                async with session.get(f"{url}/", headers=headers) as resp:
+                    await resp.read()
+                load.statuses[resp.status] += 1
+                if load.outage_from <= started and time.monotonic() <= load.outage_to:
+                    load.outage_latencies.append(time.monotonic() - started)
+                    load.outage_statuses[resp.status] += 1
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(len(ordered) * 0.99) - 1]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+async def test_redis_outage_under_load(mode, origin, gateways):
+    server = RedisServer(aof=True).start()
+    client = single_client(server)
+    store = BalanceStore(client)
+    await store.credit("ent-r", package("p", 10**6))
+    gw = gateways(
+        {
+            "redis": {"url": server.url, "timeout_ms": REDIS_TIMEOUT_MS},
+            "failure": {
+                "mode": mode,
+                "allowance_per_enterprise": 10**6,
+                "breaker_failures": 3,
+                "breaker_reset_ms": 300,
+            },
+            "site": [site(origin, "ent-r")],
+        }
+    )
+    await gw.wait_ready()
+    load, stop = Load(), asyncio.Event()
+    driving = asyncio.create_task(drive(gw.url, load, stop))
+    try:
+        await asyncio.sleep(1.0)
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)  # hung: every call would time out
+        load.outage_from = time.monotonic() + 1.0  # the breaker has opened by then
+        await asyncio.sleep(2.5)
+        load.outage_to = time.monotonic()
+        server.kill()
+        await asyncio.sleep(0.5)
+        server.start()  # same address; the AOF brings the balance back
+        await asyncio.sleep(2.5)
+    finally:
+        stop.set()
+        await driving
+    metrics = await gw.metrics()
+    used = (await store.snapshot("ent-r")).buckets[0].used
+    await client.aclose()
+    server.stop()
+
+    assert len(load.outage_latencies) > 50
+    assert p99(load.outage_latencies) < REDIS_TIMEOUT_MS / 1000 / 2, p99(load.outage_latencies)
+    debited = sample(metrics, "pvgate_pv_debited_total")
+    assert debited > 0
+    if mode == "fail_closed":
+        assert set(load.outage_statuses) == {503}
+        assert load.statuses[200] == debited
+        assert used == debited
+        return
+    assert set(load.outage_statuses) == {200}
+    assert set(load.statuses) == {200}
+    replayed = sample(metrics, "pvgate_pv_replayed_total")
+    unknown = sample(metrics, "pvgate_pv_unbilled_total", reason="debit_outcome_unknown")
+    assert replayed > 0  # what fail-open served was debited once Redis was back
+    # Every view was served; each was debited once, or counted as not billable.
+    fail_open = sample(metrics, "pvgate_requests_total", outcome="fail_open")
+    assert (
+        load.statuses[200] == sample(metrics, "pvgate_requests_total", outcome="served") + fail_open
+    )
+    assert fail_open == replayed + unknown
+    # A debit whose outcome was unknown may have landed before Redis hung.
+    assert debited <= used <= debited + unknown
