@@ -19,7 +19,7 @@ from gateway import blockpage
 from gateway.charging import UNMETERED, Blocked, Charger, Granted
 from gateway.classify import is_page_view
 from gateway.metrics import OUTCOME, REQUEST_DURATION
-from gateway.proxy import BodyTooLarge, Upstream, UpstreamFailure
+from gateway.proxy import BodyTooLarge, StreamBroken, Upstream, UpstreamFailure, read_limited
 from gateway.routing import SiteWatcher
 from gateway.settings import GatewaySettings
 from metering import BalanceStore, Meter
@@ -87,7 +87,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     host = request_host(request)
-    if host is None:
+    if host is None or request.version < (1, 0):  # HTTP/0.9 has no headers to trust
         OUTCOME["bad_request"].inc()
         return web.Response(status=400, text="invalid or missing Host\n")
     site = app[SITES].table.route(host, request.path)
@@ -106,27 +106,50 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         if reason is not None:
             return blocked_response(settings, reason)
         return await _proxy(request, site, host, None)
+    buffered = None
+    if request.body_exists and length is None:
+        # A page view with a body of unknown length (chunked): read it, within the
+        # limit, before the PV is taken — the origin might answer before reading it.
+        try:
+            buffered = await read_limited(request, settings.limits.max_body_bytes)
+        except BodyTooLarge:
+            OUTCOME["bad_request"].inc()
+            return web.Response(status=413, text="request body too large\n")
     charge = await charger.charge(site.enterprise_id)
     if isinstance(charge, Granted):
-        return await _proxy(request, site, host, charge.bucket_id)
+        return await _proxy(request, site, host, charge.bucket_id, buffered=buffered)
     if isinstance(charge, Blocked):
         return blocked_response(settings, charge.reason)
     if charge is UNMETERED:
         OUTCOME["fail_open"].inc()
-        return await _proxy(request, site, host, None, count=False)
+        return await _proxy(request, site, host, None, count=False, buffered=buffered)
     OUTCOME["fail_closed"].inc()
     return _page(503, blockpage.UNAVAILABLE_PAGE, {"Retry-After": "1"})
 
 
 async def _proxy(
-    request: web.Request, site: Site, host: str, bucket_id: str | None, *, count: bool = True
+    request: web.Request,
+    site: Site,
+    host: str,
+    bucket_id: str | None,
+    *,
+    count: bool = True,
+    buffered: bytes | None = None,
 ) -> web.StreamResponse:
-    """Forward; on an origin failure of a charged view, give its PV back."""
+    """Forward; when the origin fails to deliver a charged view, its PV goes back."""
     app = request.app
     try:
-        result = await app[UPSTREAM].forward(request, site, host)
+        result = await app[UPSTREAM].forward(request, site, host, buffered)
     except BodyTooLarge:
         result = UpstreamFailure(413, "request body too large")
+    except StreamBroken:
+        if bucket_id is not None:
+            await app[CHARGER].give_back(site.enterprise_id, bucket_id)
+        OUTCOME["upstream_error"].inc()
+        raise  # the response has started: all that is left is to drop the connection
+    except Exception as exc:  # a bug must not cost the visitor's PV
+        log.exception("forwarding to %s failed", site.origin)
+        result = UpstreamFailure(502, f"{type(exc).__name__}: {exc}")
     failed = isinstance(result, UpstreamFailure) or result.status >= 500
     if bucket_id is not None and failed:
         await app[CHARGER].give_back(site.enterprise_id, bucket_id)

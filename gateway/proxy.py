@@ -39,6 +39,10 @@ class BodyTooLarge(Exception):
     """The request body passed the configured limit while it was streamed."""
 
 
+class StreamBroken(Exception):
+    """The origin's body broke off after the response had started: it cannot be replaced."""
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamFailure:
     """The origin could not be reached or did not answer in time."""
@@ -103,15 +107,20 @@ class Upstream:
         return headers
 
     async def forward(
-        self, request: web.Request, site: Site, host: str
+        self, request: web.Request, site: Site, host: str, buffered: bytes | None = None
     ) -> web.StreamResponse | UpstreamFailure:
         """Send the request to the origin; a prepared response, or why there is none.
 
         An origin's own error status (5xx included) is a response, passed through.
         """
         assert self._session is not None, "Upstream.start() was not awaited"
-        url = URL(site.origin.rstrip("/") + request.raw_path, encoded=True)
-        body = _limited(request.content, self._max_body) if request.body_exists else None
+        # rel_url: an absolute-form target (``GET http://host/x``) keeps only its path.
+        url = URL(site.origin.rstrip("/") + request.rel_url.raw_path_qs, encoded=True)
+        body: bytes | AsyncIterator[bytes] | None = None
+        if buffered is not None:
+            body = buffered
+        elif request.body_exists:
+            body = _limited(request.content, self._max_body)
         started = time.perf_counter()
         try:
             upstream = await self._session.request(
@@ -148,10 +157,18 @@ class Upstream:
             status=upstream.status, reason=upstream.reason, headers=headers
         )
         await response.prepare(request)
-        async for chunk in upstream.content.iter_chunked(_CHUNK):
-            await response.write(chunk)
+        try:
+            async for chunk in upstream.content.iter_chunked(_CHUNK):
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StreamBroken(f"origin body broke off: {exc!r}") from exc
         await response.write_eof()
         return response
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole request body, refused past ``limit`` bytes (for bodies without a length)."""
+    return b"".join([chunk async for chunk in _limited(request.content, limit)])
 
 
 async def _limited(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:

@@ -21,22 +21,32 @@ log = logging.getLogger("pvgate.worker")
 
 
 class _BadRequestFilter(logging.Filter):
-    """aiohttp logs every malformed request with a traceback at ERROR: count it instead.
+    """Counts the requests aiohttp refused as malformed, instead of logging each one.
 
-    A client sending garbage must not be able to flood the logs; it answered 400 already.
+    aiohttp answers them 400 itself and logs them — with a traceback at ERROR, or at DEBUG
+    for a first line that is not HTTP at all (TLS, garbage).  A client sending garbage
+    must not flood the logs, and every such request must still be counted, so the
+    logger lets DEBUG records through to this filter, which counts and drops those and
+    drops anything else below the configured level.
     """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
             OUTCOME["bad_request"].inc()
             return False
-        return True
+        return record.levelno >= self.level
 
 
 def run_worker(settings: GatewaySettings, metrics_dir: str) -> None:
     configure_logging(settings.log_level)
-    logging.getLogger("aiohttp.server").addFilter(_BadRequestFilter())
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addFilter(_BadRequestFilter(logging.getLogger().level))
+    server_log.setLevel(logging.DEBUG)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(settings, Path(metrics_dir)))
 
