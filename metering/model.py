@@ -7,7 +7,7 @@ way (sort every time, scan every bucket) so that it is easy to trust.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from metering.buckets import (
     Bucket,
@@ -26,6 +26,13 @@ class _Entry:
     spec: BucketSpec
     used: int = 0
     status: BucketStatus = BucketStatus.ACTIVE
+    # What voiding this gift charged to which package, and what found no room.
+    recharged: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+    granted: int = 0  # as adjusted; spec.granted stays what was credited
+
+    def __post_init__(self) -> None:
+        self.granted = self.granted or self.spec.granted
 
     def bucket(self) -> Bucket:
         s = self.spec
@@ -33,7 +40,7 @@ class _Entry:
             id=s.id,
             kind=s.kind,
             status=self.status,
-            granted=s.granted,
+            granted=self.granted,
             used=self.used,
             expires_at=s.expires_at,
             ordered_at=s.ordered_at,
@@ -78,13 +85,13 @@ class BalanceModel:
         reason = Refusal.NO_BALANCE
         for e in self._ordered():
             if e.status is BucketStatus.ACTIVE:
-                if e.used < e.spec.granted and now >= e.spec.expires_at:
+                if e.used < e.granted and now >= e.spec.expires_at:
                     return Refusal.EXPIRED
                 reason = Refusal.EXHAUSTED
         return reason
 
     def available(self, now: int) -> int:
-        return sum(e.spec.granted - e.used for e in self._entries.values() if e.live(now))
+        return sum(e.granted - e.used for e in self._entries.values() if e.live(now))
 
     def debit(self, n: int, now: int) -> Debit:
         if n < 1:
@@ -97,7 +104,7 @@ class BalanceModel:
             if left == 0:
                 break
             if e.live(now):
-                take = min(left, e.spec.granted - e.used)
+                take = min(left, e.granted - e.used)
                 e.used += take
                 left -= take
                 takes.append((e.spec.id, take))
@@ -133,26 +140,42 @@ class BalanceModel:
             if e is not None and e.spec.kind is not Kind.GIFT:
                 raise ValueError(f"void: bucket {gift_id} is a {e.spec.kind}, not a gift")
         gifts: dict[str, int] = {}
-        owed = 0
+        charged: dict[str, int] = {}
+        dropped = 0
         for gift_id in gift_ids:
             e = self._entries.get(gift_id)
             if e is None:
                 continue
             if e.status is BucketStatus.ACTIVE:
                 e.status = BucketStatus.VOID
-                owed += e.used
+                e.recharged, e.dropped = self._recharge(e.used, now) if recharge else ({}, 0)
             gifts[gift_id] = e.used
+            for package_id, n in e.recharged.items():
+                charged[package_id] = charged.get(package_id, 0) + n
+            dropped += e.dropped
+        return VoidResult(gifts, charged, dropped)
+
+    def _recharge(self, owed: int, now: int) -> tuple[dict[str, int], int]:
         charged: dict[str, int] = {}
-        if recharge:
-            for e in self._ordered():
-                if owed == 0:
-                    break
-                if e.spec.kind is Kind.PACKAGE and e.live(now):
-                    take = min(owed, e.spec.granted - e.used)
-                    e.used += take
-                    owed -= take
-                    charged[e.spec.id] = take
-        return VoidResult(gifts, charged, owed)
+        for e in self._ordered():
+            if owed == 0:
+                break
+            if e.spec.kind is Kind.PACKAGE and e.live(now):
+                take = min(owed, e.granted - e.used)
+                e.used += take
+                owed -= take
+                charged[e.spec.id] = take
+        return charged, owed
+
+    def adjust(self, bucket_id: str, delta: int) -> tuple[int, int]:
+        e = self._entries.get(bucket_id)
+        if e is None or e.status is not BucketStatus.ACTIVE or delta == 0:
+            raise ValueError(f"adjust: bucket {bucket_id} cannot be adjusted")
+        after = e.granted + delta
+        if after < max(e.used, 1):
+            raise ValueError("adjust: granted would fall below used")
+        before, e.granted = e.granted, after
+        return before, after
 
     def set_suspended(self, suspended: bool) -> bool:
         before, self.suspended = self.suspended, suspended
@@ -160,6 +183,8 @@ class BalanceModel:
 
     def copy(self) -> BalanceModel:
         other = BalanceModel()
-        other._entries = {k: replace(v) for k, v in self._entries.items()}
+        other._entries = {
+            k: replace(v, recharged=dict(v.recharged)) for k, v in self._entries.items()
+        }
         other.suspended = self.suspended
         return other

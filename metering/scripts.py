@@ -43,6 +43,7 @@ FREEZE_BUCKETS = _load("freeze_buckets")
 VOID_GIFTS = _load("void_gifts")
 READ_BALANCE = _load("read_balance")
 SET_SUSPENDED = _load("set_suspended")
+ADJUST_BUCKET = _load("adjust_bucket")
 
 
 def translate(exc: BaseException, what: str) -> Exception:

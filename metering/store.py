@@ -127,6 +127,12 @@ class BalanceStore:
             buckets,
         )
 
+    async def adjust(self, enterprise_id: str, bucket_id: str, delta: int) -> tuple[int, int]:
+        """Change a bucket's granted PV by delta; (granted before, granted after)."""
+        validate_bucket_id(bucket_id)
+        before, after = await self._run(scripts.ADJUST_BUCKET, enterprise_id, (bucket_id, delta))
+        return int(before), int(after)
+
     async def set_suspended(self, enterprise_id: str, suspended: bool) -> bool:
         """Suspend or resume; the previous state."""
         before = await self._run(scripts.SET_SUSPENDED, enterprise_id, ("1" if suspended else "0",))

@@ -1,8 +1,11 @@
 -- Void gifts (a refund of their order started) and, when ARGV[1] == '1', charge the PV
--- they had given again to the live packages in deduction order, each package taking at
+-- each had given again to the live packages in deduction order, each package taking at
 -- most the room it has left; what finds no room is dropped.
--- ARGV: recharge flag, gift bucket ids.  Idempotent: a gift void already is reported
--- with its used but charged again no second time.
+-- ARGV: recharge flag, gift bucket ids.
+-- Idempotent with the same answer: each gift keeps what its voiding charged where
+-- (fields r = "package=n,..." and d = dropped PV), and a gift void already is reported
+-- from those fields, never charged again.  (Charging gift by gift fills the packages
+-- exactly as charging their sum at once would.)
 -- Reply: {{gift_1, used_1, ...}, {package_1, recharged_1, ...}, dropped}
 local now = now_ms()
 for i = 2, #ARGV do
@@ -12,38 +15,56 @@ for i = 2, #ARGV do
   end
 end
 
-local gifts, owed = {}, 0
+local function recharge(owed)
+  local parts, dropped = {}, owed
+  for _, id in ipairs(redis.call('ZRANGE', ALL, 0, -1)) do
+    if dropped == 0 then
+      break
+    end
+    local b = load_bucket(id)
+    if b.kind == 'package' and is_live(b, now) then
+      local take = math.min(dropped, b.granted - b.used)
+      redis.call('HINCRBY', BUCKETS, id .. '|u', take)
+      b.used = b.used + take
+      dropped = dropped - take
+      refresh(id, b, now)
+      parts[#parts + 1] = id .. '=' .. take
+    end
+  end
+  return table.concat(parts, ','), dropped
+end
+
+local gifts, totals, order, dropped = {}, {}, {}, 0
 for i = 2, #ARGV do
   local id = ARGV[i]
   local b = load_bucket(id)
   if b then
     if b.status == 'active' then
-      redis.call('HSET', BUCKETS, id .. '|s', 'void')
+      local charged, left = '', 0
+      if ARGV[1] == '1' and b.used > 0 then
+        charged, left = recharge(b.used)
+      end
+      redis.call('HSET', BUCKETS, id .. '|s', 'void', id .. '|r', charged, id .. '|d', left)
       b.status = 'void'
       refresh(id, b, now)
-      owed = owed + b.used
     end
     gifts[#gifts + 1] = id
     gifts[#gifts + 1] = b.used
+    local stored = redis.call('HMGET', BUCKETS, id .. '|r', id .. '|d')
+    for package, n in string.gmatch(stored[1] or '', '([^,=]+)=(%d+)') do
+      if not totals[package] then
+        order[#order + 1] = package
+        totals[package] = 0
+      end
+      totals[package] = totals[package] + tonumber(n)
+    end
+    dropped = dropped + (tonumber(stored[2]) or 0)
   end
 end
 
 local charged = {}
-if ARGV[1] == '1' then
-  for _, id in ipairs(redis.call('ZRANGE', ALL, 0, -1)) do
-    if owed == 0 then
-      break
-    end
-    local b = load_bucket(id)
-    if b.kind == 'package' and is_live(b, now) then
-      local take = math.min(owed, b.granted - b.used)
-      redis.call('HINCRBY', BUCKETS, id .. '|u', take)
-      b.used = b.used + take
-      owed = owed - take
-      refresh(id, b, now)
-      charged[#charged + 1] = id
-      charged[#charged + 1] = take
-    end
-  end
+for _, package in ipairs(order) do
+  charged[#charged + 1] = package
+  charged[#charged + 1] = totals[package]
 end
-return {gifts, charged, owed}
+return {gifts, charged, dropped}

@@ -116,6 +116,16 @@ class MeteringMachine(RuleBasedStateMachine):
         assert result == expected
         self.consumed += sum(result.recharged.values())
 
+    @rule(bucket_id=st.sampled_from(IDS), delta=st.integers(-10, 10))
+    def adjust(self, bucket_id, delta):
+        try:
+            expected = self.model.adjust(bucket_id, delta)
+        except ValueError:
+            with pytest.raises(ScriptFailed, match="adjust"):
+                self.run(self.store.adjust(self.enterprise, bucket_id, delta))
+            return
+        assert self.run(self.store.adjust(self.enterprise, bucket_id, delta)) == expected
+
     @rule(flag=st.booleans())
     def suspend(self, flag):
         before = self.run(self.store.set_suspended(self.enterprise, flag))

@@ -1,0 +1,305 @@
+"""Refund quotes and their execution (SPEC §6) against the ledger and Redis.
+
+Execution, each step safe to repeat with the same idempotency key:
+
+1. the refund is quoted on live figures (any refusal stops here) and its request row is
+   committed under the key;
+2. in Redis, the order's gifts are voided and their used PV charged again to the live
+   packages (the script answers the same on a retry), then the refunded packages are
+   frozen — their final ``used`` read in the same atomic step that stops them;
+3. the lines, the re-charges, the completion and the credit to the payer's balance are
+   booked in one transaction, unless a completion exists already.
+
+A crash anywhere is recovered by retrying with the same key: steps 2 and 3 are idempotent,
+and the booking happens once, so nothing is ever refunded twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from billing.audit import Auditor
+from billing.db import Database
+from billing.errors import Conflict
+from billing.ledger import OrderState, get_enterprise, get_order
+from billing.operations import new_id
+from billing.rules.calendar import Zone
+from billing.rules.refunds import (
+    EnterpriseState,
+    GiftState,
+    OrderKind,
+    PackageState,
+    RefundOrder,
+    RefundQuote,
+    package_refund_fen,
+    quote_refund,
+)
+from billing.schema import (
+    balance_entries,
+    reconciliations,
+    refund_completions,
+    refund_lines,
+    refunds,
+)
+from metering import BalanceStore
+from metering.buckets import Bucket, BucketKind, BucketStatus, Snapshot, from_ms
+
+
+def _package_state(bucket: Bucket, now_ms: int) -> PackageState:
+    return PackageState(
+        id=bucket.id,
+        granted=bucket.granted,
+        used=bucket.used,
+        ordered_at=from_ms(bucket.ordered_at),
+        expired=now_ms >= bucket.expires_at,
+        refunded=bucket.status is not BucketStatus.ACTIVE,
+    )
+
+
+def _inputs(state: OrderState, enterprise: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+    buckets = {b.id: b for b in snapshot.buckets}
+    mine = {p["id"] for p in state.packages}
+    missing = mine - set(buckets)
+    if missing:
+        raise Conflict(f"packages {sorted(missing)} of the order have no bucket in Redis yet")
+    payment = state.payment or {}
+    order = RefundOrder(
+        order_id=state.order["id"],
+        paid_at=payment["paid_at"],
+        cash_fen=payment["cash_fen"],
+        voucher_fen=state.order["voucher_fen"],
+        invoice=state.invoice,
+        kind=OrderKind(state.order["kind"]),
+    )
+    return {
+        "order": order,
+        "enterprise": EnterpriseState(
+            enterprise_id=enterprise["id"],
+            flagged=enterprise["flagged_abuse"] or enterprise["flagged_violation"],
+        ),
+        "packages": [_package_state(buckets[p["id"]], snapshot.now) for p in state.packages],
+        "gifts": [
+            GiftState(
+                id=g["id"],
+                used=buckets[g["id"]].used,
+                void=buckets[g["id"]].status is BucketStatus.VOID,
+            )
+            for g in state.gifts
+            if g["id"] in buckets
+        ],
+        "other_packages": [
+            _package_state(b, snapshot.now)
+            for b in snapshot.buckets
+            if b.kind is BucketKind.PACKAGE and b.id not in mine
+        ],
+    }
+
+
+async def quote(
+    db: Database,
+    store: BalanceStore,
+    order_id: str,
+    package_ids: list[str],
+    *,
+    now: datetime,
+    tz: Zone,
+) -> RefundQuote:
+    """What refunding these packages would give now, or the refusal."""
+    async with db.engine.connect() as conn:
+        state = await get_order(conn, order_id)
+        enterprise = await get_enterprise(conn, state.order["enterprise_id"])
+    if state.payment is None:
+        raise Conflict(f"order {order_id!r} is not paid: nothing to refund")
+    snapshot = await store.snapshot(enterprise["id"])
+    return quote_refund(
+        **_inputs(state, enterprise, snapshot), requested=package_ids, now=now, tz=tz
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    refund_id: str
+    order_id: str
+    enterprise_id: str
+    package_ids: list[str]
+    lines: list[dict[str, Any]]
+    total_refund_fen: int
+    completed_at: datetime
+
+
+async def execute(
+    db: Database,
+    store: BalanceStore,
+    audit: Auditor,
+    order_id: str,
+    package_ids: list[str],
+    *,
+    key: str,
+    actor: str,
+    now: datetime,
+    tz: Zone,
+) -> RefundResult:
+    """Refund the packages once per idempotency key (see the module docstring)."""
+    request = await _existing_request(db, key)
+    if request is None:
+        await quote(db, store, order_id, package_ids, now=now, tz=tz)  # refusals raise here
+        request = await _start(db, key, order_id, package_ids, actor, now)
+    elif request["order_id"] != order_id or sorted(request["package_ids"]) != sorted(package_ids):
+        raise Conflict(f"idempotency key {key!r} was used for another refund")
+    completed = await _booked(db, request["id"])
+    if completed is not None:
+        return completed
+    async with db.engine.connect() as conn:
+        state = await get_order(conn, order_id)
+    enterprise_id = state.order["enterprise_id"]
+    voided = await store.void_gifts(enterprise_id, [g["id"] for g in state.gifts], recharge=True)
+    final_used = await store.freeze(enterprise_id, request["package_ids"])
+    await _book(db, audit, request, state, voided.recharged, final_used)
+    booked = await _booked(db, request["id"])
+    assert booked is not None
+    return booked
+
+
+async def _existing_request(db: Database, key: str) -> dict[str, Any] | None:
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(sa.select(refunds).where(refunds.c.idempotency_key == key))
+        ).first()
+    return None if row is None else dict(row._mapping)
+
+
+async def _start(
+    db: Database, key: str, order_id: str, package_ids: list[str], actor: str, now: datetime
+) -> dict[str, Any]:
+    async with db.engine.connect() as conn:
+        state = await get_order(conn, order_id)
+    row = {
+        "id": new_id("ref"),
+        "idempotency_key": key,
+        "order_id": order_id,
+        "enterprise_id": state.order["enterprise_id"],
+        "package_ids": list(package_ids),
+        "actor": actor,
+        "created_at": now,
+    }
+    async with db.begin() as conn:
+        await conn.execute(refunds.insert().values(**row))
+    return row
+
+
+async def _book(
+    db: Database,
+    audit: Auditor,
+    request: dict[str, Any],
+    state: OrderState,
+    recharged: dict[str, int],
+    final_used: dict[str, int],
+) -> None:
+    paid_cash = {p["id"]: p["paid_cash_fen"] for p in state.packages}
+    lines = []
+    for package_id in sorted(request["package_ids"]):
+        used_after = final_used[package_id]
+        lines.append(
+            {
+                "refund_id": request["id"],
+                "package_id": package_id,
+                "paid_cash_fen": paid_cash[package_id],
+                "used_before": used_after - recharged.get(package_id, 0),
+                "recharged_pv": recharged.get(package_id, 0),
+                "used_after": used_after,
+                "refund_fen": package_refund_fen(paid_cash[package_id], used_after),
+            }
+        )
+    total = sum(line["refund_fen"] for line in lines)
+    now = datetime.now(UTC)
+    enterprise_id = state.order["enterprise_id"]
+    async with db.begin() as conn:
+        if await conn.scalar(
+            sa.select(refund_completions.c.refund_id).where(
+                refund_completions.c.refund_id == request["id"]
+            )
+        ):
+            return
+        await conn.execute(refund_lines.insert(), lines)
+        await _book_recharges(conn, state, enterprise_id, recharged, now)
+        await conn.execute(
+            refund_completions.insert().values(
+                refund_id=request["id"], total_fen=total, completed_at=now
+            )
+        )
+        await conn.execute(
+            balance_entries.insert().values(
+                id=new_id("bal"),
+                enterprise_id=enterprise_id,
+                amount_fen=total,
+                kind="refund",
+                reference=request["id"],
+                created_at=now,
+            )
+        )
+        await audit(
+            conn,
+            "refund.execute",
+            enterprise_id,
+            None,
+            {
+                "refund_id": request["id"],
+                "order_id": state.order["id"],
+                "lines": lines,
+                "total_fen": total,
+            },
+        )
+
+
+async def _book_recharges(
+    conn: Any, state: OrderState, enterprise_id: str, recharged: dict[str, int], now: datetime
+) -> None:
+    """The gifts' used PV, charged again to packages, enters the ledger's usage once."""
+    for package_id, pv in recharged.items():
+        row_id = f"rch.{state.order['id']}.{package_id}"[:64]
+        if await conn.scalar(sa.select(reconciliations.c.id).where(reconciliations.c.id == row_id)):
+            continue
+        await conn.execute(
+            reconciliations.insert().values(
+                id=row_id,
+                enterprise_id=enterprise_id,
+                bucket_id=package_id,
+                ledger_used=0,
+                redis_used=0,
+                delta_pv=pv,
+                created_at=now,
+                reason=f"gift PV of order {state.order['id']} charged again at its refund",
+            )
+        )
+
+
+async def _booked(db: Database, refund_id: str) -> RefundResult | None:
+    async with db.engine.connect() as conn:
+        done = (
+            await conn.execute(
+                sa.select(refund_completions).where(refund_completions.c.refund_id == refund_id)
+            )
+        ).first()
+        if done is None:
+            return None
+        request = (await conn.execute(sa.select(refunds).where(refunds.c.id == refund_id))).one()
+        lines = (
+            await conn.execute(
+                sa.select(refund_lines)
+                .where(refund_lines.c.refund_id == refund_id)
+                .order_by(refund_lines.c.package_id)
+            )
+        ).mappings()
+        return RefundResult(
+            refund_id=refund_id,
+            order_id=request.order_id,
+            enterprise_id=request.enterprise_id,
+            package_ids=list(request.package_ids),
+            lines=[dict(r) for r in lines],
+            total_refund_fen=done.total_fen,
+            completed_at=done.completed_at,
+        )

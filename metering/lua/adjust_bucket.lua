@@ -1,0 +1,23 @@
+-- An ops correction of a bucket's granted PV by ARGV[2] (may be negative), never below
+-- what it has used already.  Only an active bucket can be adjusted.
+-- ARGV: bucket id, delta.  Reply: {granted_before, granted_after}.
+local id, delta = ARGV[1], tonumber(ARGV[2])
+if not delta or delta ~= math.floor(delta) or delta == 0 then
+  return redis.error_reply('ERR adjust: delta must be a non-zero integer, got ' .. tostring(ARGV[2]))
+end
+local b = load_bucket(id)
+if not b then
+  return redis.error_reply('ERR adjust: no bucket ' .. id)
+end
+if b.status ~= 'active' then
+  return redis.error_reply('ERR adjust: bucket ' .. id .. ' is ' .. b.status)
+end
+local after = b.granted + delta
+if after < b.used or after < 1 then
+  return redis.error_reply('ERR adjust: granted would fall below used (' .. b.used .. ')')
+end
+redis.call('HSET', BUCKETS, id .. '|g', after)
+local before = b.granted
+b.granted = after
+refresh(id, b, now_ms())
+return {before, after}
