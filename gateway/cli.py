@@ -7,14 +7,19 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from billing.errors import BillingError
 from gateway.server import serve
 from gateway.settings import load_settings
 from metering import BalanceStore, MeterError
 from metering.config import ConfigError
 from metering.connection import RedisSettings
+
+if TYPE_CHECKING:
+    from billing.settings import BillingSettings
 
 
 def _redis_settings(args: argparse.Namespace) -> RedisSettings:
@@ -48,9 +53,61 @@ def _gateway(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def _billing_settings(args: argparse.Namespace) -> BillingSettings:
+    from billing.settings import load_billing_settings
+
+    settings = load_billing_settings(args.config)
+    if getattr(args, "database", None):
+        settings = dataclasses.replace(settings, database_url=args.database)
+    return settings
+
+
+def _billing(args: argparse.Namespace) -> int:
+    from billing.service import run_billing
+
+    return run_billing(_billing_settings(args))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from billing.commands import run_migrate
+
+    return run_migrate(_billing_settings(args))
+
+
+def _token(args: argparse.Namespace) -> int:
+    from billing.commands import run_token_create
+
+    return run_token_create(_billing_settings(args), args.role, args.label)
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from billing.commands import run_reconcile
+
+    return run_reconcile(_billing_settings(args), args.settle)
+
+
+def _add_billing_commands(commands: Any) -> None:
+    def billing_command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help)
+        parser.add_argument("--config", help="billing TOML settings (default: embedded)")
+        parser.add_argument("--database", help="ledger URL (sqlite:///… or postgresql://…)")
+        parser.set_defaults(sync=run)
+        return parser
+
+    billing_command("billing", "run the admin API, usage consumer and jobs", _billing)
+    billing_command("migrate", "apply the ledger's schema migrations", _migrate)
+    token = billing_command("token", "manage admin API tokens", _token)
+    token.add_argument("action", choices=["create"])
+    token.add_argument("--role", required=True, help="ops, partner:<id> or merchant:<id>")
+    token.add_argument("--label", default="", help="what the token is for")
+    reconcile = billing_command("reconcile", "reconcile the ledger with Redis once", _reconcile)
+    reconcile.add_argument("--settle", type=float, default=5.0, help="seconds between reads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pvgate", description="Page-view metering gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_billing_commands(commands)
     gateway = commands.add_parser("gateway", help="run the metered reverse proxy")
     gateway.add_argument("--config", help="TOML settings file (default: embedded defaults)")
     gateway.add_argument("--workers", type=int, help="worker processes sharing the port")
@@ -71,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "sync"):
             return int(args.sync(args))
         return int(asyncio.run(args.run(args)))
-    except (MeterError, ValueError) as exc:
+    except (MeterError, ValueError, BillingError, OSError) as exc:
         print(f"pvgate {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -1,11 +1,14 @@
 """Running the gateway: a supervisor and N worker processes sharing the port.
 
-The supervisor starts the workers (spawned, each with uvloop and its own Redis client,
-Meter and origin pool, all binding the listen address with SO_REUSEPORT), restarts a
-worker that dies, and serves ``/metrics`` (every worker's metrics through prometheus
-multiprocess mode), ``/healthz`` and ``/readyz`` on the metrics port.  SIGTERM: the
-workers stop accepting, finish what is in flight (bounded by ``limits.shutdown_grace_s``),
-flush their usage and exit; then the supervisor exits.
+The supervisor binds the listen address — once without SO_REUSEPORT first, so that a
+port some other process listens on (another gateway included) stops start-up instead of
+being silently shared — then one SO_REUSEPORT socket per worker, so that the kernel
+spreads connections over the workers.  It starts the workers (spawned, each with uvloop
+and its own Redis client, Meter and origin pool, each handed its socket), restarts a
+worker that dies on the same socket, and serves ``/metrics`` (every worker's metrics
+through prometheus multiprocess mode), ``/healthz`` and ``/readyz`` on the metrics port.
+SIGTERM: the workers stop accepting, finish what is in flight (bounded by
+``limits.shutdown_grace_s``), flush their usage and exit; then the supervisor exits.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from multiprocessing.process import BaseProcess
@@ -29,6 +33,28 @@ from metering.logs import configure_logging
 
 log = logging.getLogger("pvgate.server")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def listen_sockets(address: str, count: int) -> list[socket.socket]:
+    """``count`` listening SO_REUSEPORT sockets on ``address``, or OSError if it is taken."""
+    host, port = split_address(address, "listen")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"listen address {address} is in use: {exc.strerror}") from exc
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
 
 
 def serve(settings: GatewaySettings) -> int:
@@ -48,6 +74,7 @@ class Supervisor:
         self.settings = settings
         self.metrics_dir = metrics_dir
         self.workers: list[BaseProcess] = []
+        self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
         self._redis_ok = (0.0, False)
 
@@ -55,7 +82,8 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        self.workers = [self._spawn() for _ in range(self.settings.workers)]
+        self.sockets = listen_sockets(self.settings.listen, self.settings.workers)
+        self.workers = [self._spawn(sock) for sock in self.sockets]
         runner = web.AppRunner(self._metrics_app(), access_log=None)
         await runner.setup()
         host, port = split_address(self.settings.metrics_listen, "metrics_listen")
@@ -71,15 +99,17 @@ class Supervisor:
                 await asyncio.wait_for(self.stopping.wait(), 0.5)
             self._replace_dead()
         await self._stop_workers()
+        for sock in self.sockets:
+            sock.close()
         await runner.cleanup()
         return 0
 
-    def _spawn(self) -> BaseProcess:
+    def _spawn(self, sock: socket.socket) -> BaseProcess:
         from gateway.worker import run_worker
 
         ctx = multiprocessing.get_context("spawn")
         process = ctx.Process(
-            target=run_worker, args=(self.settings, str(self.metrics_dir)), daemon=False
+            target=run_worker, args=(self.settings, str(self.metrics_dir), sock), daemon=False
         )
         process.start()
         return process
@@ -94,7 +124,7 @@ class Supervisor:
             if process.pid is not None:
                 multiprocess.mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
                 (self.metrics_dir / f"ready-{process.pid}").unlink(missing_ok=True)
-            self.workers[i] = self._spawn()
+            self.workers[i] = self._spawn(self.sockets[i])
 
     async def _stop_workers(self) -> None:
         for process in self.workers:

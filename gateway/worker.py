@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 import uvloop
@@ -14,7 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.app import SITES, create_app
 from gateway.metrics import OUTCOME
-from gateway.settings import GatewaySettings, split_address
+from gateway.settings import GatewaySettings
 from metering.logs import configure_logging
 
 log = logging.getLogger("pvgate.worker")
@@ -42,16 +43,16 @@ class _BadRequestFilter(logging.Filter):
         return record.levelno >= self.level
 
 
-def run_worker(settings: GatewaySettings, metrics_dir: str) -> None:
+def run_worker(settings: GatewaySettings, metrics_dir: str, sock: socket.socket) -> None:
     configure_logging(settings.log_level)
     server_log = logging.getLogger("aiohttp.server")
     server_log.addFilter(_BadRequestFilter(logging.getLogger().level))
     server_log.setLevel(logging.DEBUG)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(settings, Path(metrics_dir)))
+        runner.run(_serve(settings, Path(metrics_dir), sock))
 
 
-async def _serve(settings: GatewaySettings, metrics_dir: Path) -> None:
+async def _serve(settings: GatewaySettings, metrics_dir: Path, sock: socket.socket) -> None:
     limits = settings.limits
     app = create_app(settings)
     runner = web.AppRunner(
@@ -67,8 +68,7 @@ async def _serve(settings: GatewaySettings, metrics_dir: Path) -> None:
         shutdown_timeout=limits.shutdown_grace_s,
     )
     await runner.setup()
-    host, port = split_address(settings.listen, "listen")
-    await web.TCPSite(runner, host, port, reuse_port=True, backlog=2048).start()
+    await web.SockSite(runner, sock).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

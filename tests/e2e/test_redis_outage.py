@@ -100,9 +100,10 @@ async def test_redis_outage_under_load(mode, origin, gateways):
     assert p99(load.outage_latencies) < REDIS_TIMEOUT_MS / 1000 / 2, p99(load.outage_latencies)
     debited = sample(metrics, "pvgate_pv_debited_total")
     assert debited > 0
+    outcomes = {k[1][0][1]: v for k, v in metrics.items() if k[0] == "pvgate_requests_total"}
     if mode == "fail_closed":
         assert set(load.outage_statuses) == {503}
-        assert load.statuses[200] == debited
+        assert load.statuses[200] == debited, (load.statuses, outcomes, gw.log_text())
         assert used == debited
         return
     assert set(load.outage_statuses) == {200}
