@@ -1,10 +1,10 @@
-# pvgate: `make test` and `make demo` work on a fresh machine (they create .venv first).
+# pvgate: `make demo` and `make test` work on a fresh machine (they create .venv first).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint bench clean
+.PHONY: test lint bench demo clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "pvgate needs Python >= 3.11"'
@@ -13,11 +13,18 @@ $(PY):
 
 $(VENV)/.test-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.installed
 
 $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
-	touch $@ $(VENV)/.test-installed
+	touch $@ $(VENV)/.test-installed $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/pvgate demo
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest $(PYTEST_ARGS)

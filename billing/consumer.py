@@ -150,7 +150,7 @@ class UsageConsumer:
         name: str,
         *,
         count: int = 100,
-        block_ms: int = 1000,
+        block_ms: int = 500,  # below the client socket timeout (1 s)
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
     ) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from redis import exceptions as redis_errors
 
 from gateway import blockpage
 from gateway.charging import UNMETERED, Blocked, Charger, Granted
@@ -177,6 +178,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await usage.start()
     app[USAGE] = usage
     meter = Meter(client, timeout=settings.redis.timeout_ms / 1000)
+    try:
+        await meter.prepare()  # no NOSCRIPT round trips on the first page views
+    except redis_errors.RedisError as exc:
+        log.warning("could not preload the metering scripts: %s", exc)
     app[CHARGER] = Charger(
         meter,
         BalanceStore(client),

@@ -21,7 +21,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from gateway.metrics import BREAKER_OPEN, PV_DEBITED, PV_GIVEN_BACK, PV_REPLAYED, PV_UNBILLED
+from gateway.metrics import (
+    BREAKER_OPEN,
+    PV_DEBITED,
+    PV_GIVEN_BACK,
+    PV_OUTCOME_UNKNOWN,
+    PV_REPLAYED,
+    PV_UNBILLED,
+)
 from gateway.settings import FailureSection
 from metering import BalanceStore, Meter, MeterError
 from metering.buckets import Refusal
@@ -107,6 +114,7 @@ class Charger:
         self._served_unmetered: Counter[str] = Counter()  # toward the allowance
         self._to_replay: Counter[str] = Counter()
         self._replaying: asyncio.Task[None] | None = None
+        self._last_error: MeterError | None = None
 
     def blocked(self, enterprise_id: str) -> Refusal | None:
         """The cached refusal of an enterprise, if still fresh."""
@@ -127,8 +135,13 @@ class Charger:
         try:
             result = await self._meter.debit(enterprise_id)
         except MeterError as exc:
-            self._breaker.failure()
+            # Every waiter of a failed batch gets the same exception object: the breaker
+            # counts failed Redis calls, not the views that were waiting on one.
+            if exc is not self._last_error:
+                self._last_error = exc
+                self._breaker.failure()
             log.debug("debit for %s failed: %s", enterprise_id, exc)
+            PV_OUTCOME_UNKNOWN.inc()
             return self._degraded(enterprise_id, replay=False)
         self._breaker.success()
         if self._to_replay:

@@ -104,9 +104,20 @@ def _add_billing_commands(commands: Any) -> None:
     reconcile.add_argument("--settle", type=float, default=5.0, help="seconds between reads")
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pvgate", description="Page-view metering gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
+    from gateway.demo import add_arguments
+
+    demo = commands.add_parser("demo", help="run everything on embedded defaults")
+    add_arguments(demo)
+    demo.set_defaults(sync=_demo)
     _add_billing_commands(commands)
     gateway = commands.add_parser("gateway", help="run the metered reverse proxy")
     gateway.add_argument("--config", help="TOML settings file (default: embedded defaults)")

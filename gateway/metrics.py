@@ -27,6 +27,11 @@ PV_UNBILLED = Counter(
     "Page views served while Redis was failing that could not be billed, by reason.",
     ["reason"],
 )
+PV_OUTCOME_UNKNOWN = Counter(
+    "pvgate_pv_debit_outcome_unknown_total",
+    "Page-view debits that failed in a way that leaves open whether Redis took the PV "
+    "(a timeout): reconciliation books what Redis counted.",
+)
 PV_REPLAYED = Counter(
     "pvgate_pv_replayed_total", "Page views served in fail-open mode and debited afterwards."
 )

@@ -60,11 +60,16 @@ def listen_sockets(address: str, count: int) -> list[socket.socket]:
 def serve(settings: GatewaySettings) -> int:
     """Run the supervisor until SIGTERM or SIGINT; the exit status."""
     configure_logging(settings.log_level)
+    return asyncio.run(supervise(settings))
+
+
+async def supervise(settings: GatewaySettings) -> int:
+    """The supervisor in the running event loop (the all-in-one commands share it)."""
     metrics_dir = Path(tempfile.mkdtemp(prefix="pvgate-metrics-"))
     # Set before any worker imports prometheus_client: it picks its value class then.
     os.environ[MULTIPROC_ENV] = str(metrics_dir)
     try:
-        return asyncio.run(Supervisor(settings, metrics_dir).run())
+        return await Supervisor(settings, metrics_dir).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

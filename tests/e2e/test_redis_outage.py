@@ -100,22 +100,24 @@ async def test_redis_outage_under_load(mode, origin, gateways):
     assert p99(load.outage_latencies) < REDIS_TIMEOUT_MS / 1000 / 2, p99(load.outage_latencies)
     debited = sample(metrics, "pvgate_pv_debited_total")
     assert debited > 0
-    outcomes = {k[1][0][1]: v for k, v in metrics.items() if k[0] == "pvgate_requests_total"}
+    # A debit that timed out may still have been taken by Redis (the page was refused or
+    # served unbilled all the same); Redis's counter is what reconciliation books.
+    unknown = sample(metrics, "pvgate_pv_debit_outcome_unknown_total")
     if mode == "fail_closed":
         assert set(load.outage_statuses) == {503}
-        assert load.statuses[200] == debited, (load.statuses, outcomes, gw.log_text())
-        assert used == debited
+        assert load.statuses[200] == debited
+        assert debited <= used <= debited + unknown
         return
     assert set(load.outage_statuses) == {200}
     assert set(load.statuses) == {200}
     replayed = sample(metrics, "pvgate_pv_replayed_total")
-    unknown = sample(metrics, "pvgate_pv_unbilled_total", reason="debit_outcome_unknown")
+    unbilled = sample(metrics, "pvgate_pv_unbilled_total", reason="debit_outcome_unknown")
     assert replayed > 0  # what fail-open served was debited once Redis was back
     # Every view was served; each was debited once, or counted as not billable.
     fail_open = sample(metrics, "pvgate_requests_total", outcome="fail_open")
     assert (
         load.statuses[200] == sample(metrics, "pvgate_requests_total", outcome="served") + fail_open
     )
-    assert fail_open == replayed + unknown
+    assert fail_open == replayed + unbilled
     # A debit whose outcome was unknown may have landed before Redis hung.
     assert debited <= used <= debited + unknown

@@ -1,0 +1,6 @@
+"""The admin HTTP API (DESIGN §6): a declarative route layer, tokens, idempotency, audit.
+
+Modules: `framework` (Api, routes, ApiModel), `context` (RequestContext, app keys), `auth`
+(tokens, principals, scope), `idempotency`, `openapi`, `audit_routes`, `app`
+(create_admin_app), `edge` (JSON errors, request ids), `errors`.
+"""

@@ -1,0 +1,316 @@
+"""Enterprises, their balance, gifts, adjustments and usage (DESIGN §6)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import sqlalchemy as sa
+from pydantic import Field, model_validator
+
+from billing import operations
+from billing.api import services
+from billing.api.context import RequestContext
+from billing.api.framework import Api, ApiModel, Id
+from billing.errors import ValidationFailed
+from billing.schema import usage
+from metering.buckets import from_ms
+
+api = Api()
+Text = Field(min_length=1, max_length=200)
+
+
+class EnterpriseIn(ApiModel):
+    id: Id
+    id_type: Literal["qidian", "wecom"]
+    name: str = Text
+    industry: str = Field(min_length=1, max_length=64)
+    verified: bool = False
+    partner_id: Id | None = None
+
+
+class EnterpriseOut(ApiModel):
+    id: str
+    id_type: str
+    name: str
+    industry: str
+    verified: bool
+    partner_id: str | None
+    flagged_abuse: bool
+    flagged_violation: bool
+    suspended: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class EnterprisePatch(ApiModel):
+    verified: bool | None = None
+    flagged_abuse: bool | None = None
+    flagged_violation: bool | None = None
+    suspended: bool | None = None
+    reason: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _something(self) -> EnterprisePatch:
+        if not self.changes():
+            raise ValueError("nothing to change: give verified, flagged_* or suspended")
+        return self
+
+    def changes(self) -> dict[str, bool]:
+        return {k: v for k, v in self.model_dump(exclude={"reason"}).items() if v is not None}
+
+
+@api.route(
+    "POST",
+    "/v1/enterprises",
+    summary="Register an enterprise",
+    status=201,
+    request_model=EnterpriseIn,
+    response_model=EnterpriseOut,
+    roles=("ops", "partner"),
+    audit_action="enterprise.register",
+)
+async def register_enterprise(ctx: RequestContext, body: EnterpriseIn) -> EnterpriseOut:
+    """ops register any enterprise; a partner registers its own (partner_id is itself)."""
+    data = body.model_dump()
+    if ctx.principal.kind == "partner":
+        if data["partner_id"] not in (None, ctx.principal.subject_id):
+            raise ValidationFailed("partner_id", "a partner registers its own enterprises")
+        data["partner_id"] = ctx.principal.subject_id
+        data["verified"] = False  # verification is ops' call
+    row = await operations.register_enterprise(ctx.db, ctx.audit, data)
+    return EnterpriseOut.model_validate(row)
+
+
+@api.route(
+    "GET",
+    "/v1/enterprises/{enterprise_id}",
+    summary="Read an enterprise",
+    response_model=EnterpriseOut,
+)
+async def get_enterprise(ctx: RequestContext, body: None, enterprise_id: Id) -> EnterpriseOut:
+    return EnterpriseOut.model_validate(await services.visible_enterprise(ctx, enterprise_id))
+
+
+@api.route(
+    "PATCH",
+    "/v1/enterprises/{enterprise_id}",
+    summary="Verify, flag or suspend",
+    request_model=EnterprisePatch,
+    response_model=EnterpriseOut,
+    roles=("ops",),
+    audit_action="enterprise.update",
+)
+async def patch_enterprise(
+    ctx: RequestContext, body: EnterprisePatch, enterprise_id: Id
+) -> EnterpriseOut:
+    """Suspension blocks the enterprise's pages at once (through metering)."""
+    await services.visible_enterprise(ctx, enterprise_id)
+    row = await operations.update_enterprise(
+        ctx.db, services.store(ctx), ctx.audit, enterprise_id, body.changes(), body.reason
+    )
+    return EnterpriseOut.model_validate(row)
+
+
+class BucketOut(ApiModel):
+    id: str
+    kind: str
+    status: str
+    granted: int
+    used: int
+    remaining: int
+    expires_at: datetime
+    order_id: str | None
+
+
+class BalanceOut(ApiModel):
+    enterprise_id: str
+    available: int
+    blocked_reason: str | None
+    suspended: bool
+    buckets: list[BucketOut]
+
+
+@api.route(
+    "GET",
+    "/v1/enterprises/{enterprise_id}/balance",
+    summary="Balance and buckets",
+    response_model=BalanceOut,
+)
+async def get_balance(ctx: RequestContext, body: None, enterprise_id: Id) -> BalanceOut:
+    """Available PV (live buckets), why pages would be refused, every bucket."""
+    await services.visible_enterprise(ctx, enterprise_id)
+    snapshot = await services.store(ctx).snapshot(enterprise_id)
+    return BalanceOut(
+        enterprise_id=enterprise_id,
+        available=snapshot.available,
+        blocked_reason=snapshot.reason.value if snapshot.reason else None,
+        suspended=snapshot.suspended,
+        buckets=[
+            BucketOut(
+                id=b.id,
+                kind=b.kind.value,
+                status=b.status.value,
+                granted=b.granted,
+                used=b.used,
+                remaining=b.remaining,
+                expires_at=from_ms(b.expires_at),
+                order_id=b.order_id or None,
+            )
+            for b in snapshot.buckets
+        ],
+    )
+
+
+class GiftIn(ApiModel):
+    pv: int = Field(ge=1, le=100_000_000)
+    reason: str = Field(min_length=1, max_length=500)
+    order_id: Id | None = None
+    expires_at: datetime | None = None
+
+
+class GiftOut(ApiModel):
+    id: str
+    enterprise_id: str
+    order_id: str | None
+    granted_pv: int
+    reason: str
+    granted_at: datetime
+    expires_at: datetime
+
+
+@api.route(
+    "POST",
+    "/v1/enterprises/{enterprise_id}/gifts",
+    summary="Grant gift PV",
+    status=201,
+    request_model=GiftIn,
+    response_model=GiftOut,
+    roles=("ops",),
+    audit_action="gift.grant",
+)
+async def grant_gift(ctx: RequestContext, body: GiftIn, enterprise_id: Id) -> GiftOut:
+    """Gift PV are used before purchased PV; a gift tied to an order is voided by its refund."""
+    if body.expires_at is not None and body.expires_at.tzinfo is None:
+        raise ValidationFailed("expires_at", "needs a UTC offset")
+    row = await operations.grant_gift(
+        ctx.db,
+        services.store(ctx),
+        ctx.audit,
+        enterprise_id,
+        pv=body.pv,
+        reason=body.reason,
+        order_id=body.order_id,
+        expires_at=body.expires_at,
+        tz=services.settings(ctx).timezone,
+    )
+    return GiftOut.model_validate(row)
+
+
+class AdjustmentIn(ApiModel):
+    bucket_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    delta_pv: int = Field(ge=-1_000_000_000, le=1_000_000_000)
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class AdjustmentOut(ApiModel):
+    id: str
+    enterprise_id: str
+    bucket_id: str
+    delta_pv: int
+    reason: str
+    actor: str
+    created_at: datetime
+
+
+@api.route(
+    "POST",
+    "/v1/enterprises/{enterprise_id}/adjustments",
+    summary="Correct a bucket's granted PV",
+    status=201,
+    request_model=AdjustmentIn,
+    response_model=AdjustmentOut,
+    roles=("ops",),
+    audit_action="bucket.adjust",
+)
+async def adjust(ctx: RequestContext, body: AdjustmentIn, enterprise_id: Id) -> AdjustmentOut:
+    if body.delta_pv == 0:
+        raise ValidationFailed("delta_pv", "must not be 0")
+    row = await operations.adjust_bucket(
+        ctx.db,
+        services.store(ctx),
+        ctx.audit,
+        enterprise_id,
+        bucket_id=body.bucket_id,
+        delta_pv=body.delta_pv,
+        reason=body.reason,
+        actor=ctx.principal.actor,
+    )
+    return AdjustmentOut.model_validate(row)
+
+
+class UsageQuery(ApiModel):
+    granularity: Literal["hour", "day"] = "day"
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class UsageRow(ApiModel):
+    period: datetime
+    bucket_id: str
+    pv: int
+
+
+class UsageOut(ApiModel):
+    enterprise_id: str
+    granularity: str
+    items: list[UsageRow]
+
+
+@api.route(
+    "GET",
+    "/v1/enterprises/{enterprise_id}/usage",
+    summary="Usage per period and bucket",
+    query_model=UsageQuery,
+    response_model=UsageOut,
+)
+async def get_usage(
+    ctx: RequestContext, body: None, enterprise_id: Id, query: UsageQuery
+) -> UsageOut:
+    """PV used per hour or per day (UTC) and bucket, as the ledger has it (default: 31 days)."""
+    await services.visible_enterprise(ctx, enterprise_id)
+    until = _utc(query.until) or datetime.now(UTC)
+    since = _utc(query.since) or until - timedelta(days=31)
+    if since >= until:
+        raise ValidationFailed("since", "must be before until")
+    async with ctx.db.engine.connect() as conn:
+        rows = (
+            (
+                await conn.execute(
+                    sa.select(usage.c.hour, usage.c.bucket_id, usage.c.pv)
+                    .where(
+                        usage.c.enterprise_id == enterprise_id,
+                        usage.c.hour >= since,
+                        usage.c.hour < until,
+                    )
+                    .order_by(usage.c.hour, usage.c.bucket_id)
+                )
+            )
+            .tuples()
+            .all()
+        )
+    totals: dict[tuple[datetime, str], int] = {}
+    for hour, bucket_id, pv in rows:
+        period = hour if query.granularity == "hour" else hour.replace(hour=0)
+        totals[(period, bucket_id)] = totals.get((period, bucket_id), 0) + pv
+    return UsageOut(
+        enterprise_id=enterprise_id,
+        granularity=query.granularity,
+        items=[UsageRow(period=p, bucket_id=b, pv=n) for (p, b), n in totals.items()],
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

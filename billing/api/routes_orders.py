@@ -1,0 +1,345 @@
+"""Quotes, orders, payments, invoices and refunds (SPEC §2, §6, §7)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from billing import operations, refunding
+from billing.api import services
+from billing.api.context import RequestContext
+from billing.api.framework import Api, ApiModel, Id
+from billing.errors import ValidationFailed
+from billing.ledger import OrderState
+from billing.rules.pricing import get_sku, quote_interop, quote_packages
+from billing.rules.refunds import RefundQuote
+
+api = Api()
+
+
+class QuoteIn(ApiModel):
+    kind: Literal["pv", "interop"] = "pv"
+    sku: str | None = Field(default=None, description="pv_1m or pv_3m (kind pv)")
+    quantity: int = Field(ge=1, le=10_000_000, description="packages, or interop accounts")
+    years: int = Field(default=1, ge=1, le=10, description="interop only")
+
+
+class QuoteLineOut(ApiModel):
+    item: str
+    description: str
+    quantity: int
+    unit_price_fen: int
+    amount_fen: int
+
+
+class QuoteOut(ApiModel):
+    kind: str
+    quantity: int
+    total_fen: int
+    total_pv: int | None = None
+    mode: str | None = None
+    lines: list[QuoteLineOut]
+
+
+@api.route(
+    "POST", "/v1/quotes", summary="Price a purchase", request_model=QuoteIn, response_model=QuoteOut
+)
+async def create_quote(ctx: RequestContext, body: QuoteIn) -> QuoteOut:
+    """PV packages at 3 fen/PV, or interop accounts in the configured pricing mode."""
+    if body.kind == "pv":
+        quote = quote_packages(body.sku or "", body.quantity)
+        return QuoteOut(
+            kind="pv",
+            quantity=body.quantity,
+            total_fen=quote.total_fen,
+            total_pv=quote.total_pv,
+            lines=[_line(x) for x in quote.lines],
+        )
+    mode = services.settings(ctx).interop_pricing
+    interop = quote_interop(body.quantity, body.years, mode)
+    return QuoteOut(
+        kind="interop",
+        quantity=body.quantity,
+        total_fen=interop.total_fen,
+        mode=mode,
+        lines=[_line(x) for x in interop.lines],
+    )
+
+
+def _line(line: Any) -> QuoteLineOut:
+    return QuoteLineOut(
+        item=line.item,
+        description=line.description,
+        quantity=line.quantity,
+        unit_price_fen=line.unit_price_fen,
+        amount_fen=line.amount_fen,
+    )
+
+
+class OrderIn(ApiModel):
+    enterprise_id: Id
+    id_type: Literal["qidian", "wecom"]
+    sku: str = Field(min_length=1, max_length=32)
+    quantity: int = Field(ge=1, le=10_000)
+    agreement_accepted: bool
+    voucher: str | None = Field(default=None, max_length=64)
+
+
+class PackageOut(ApiModel):
+    id: str
+    position: int
+    granted_pv: int
+    paid_cash_fen: int
+    paid_at: datetime
+    expires_at: datetime
+
+
+class OrderOut(ApiModel):
+    id: str
+    enterprise_id: str
+    sku: str
+    quantity: int
+    amount_fen: int
+    status: Literal["pending_payment", "paid"]
+    invoice: Literal["none", "issued", "returned"]
+    created_at: datetime
+    paid_at: datetime | None
+    packages: list[PackageOut]
+    gift_ids: list[str]
+
+
+def order_out(state: OrderState) -> OrderOut:
+    o = state.order
+    return OrderOut(
+        id=o["id"],
+        enterprise_id=o["enterprise_id"],
+        sku=o["sku"],
+        quantity=o["quantity"],
+        amount_fen=o["amount_fen"],
+        status=state.status,  # type: ignore[arg-type]
+        invoice=state.invoice.value,
+        created_at=o["created_at"],
+        paid_at=state.paid_at,
+        packages=[
+            PackageOut.model_validate({k: p[k] for k in PackageOut.model_fields})
+            for p in state.packages
+        ],
+        gift_ids=[g["id"] for g in state.gifts],
+    )
+
+
+@api.route(
+    "POST",
+    "/v1/orders",
+    summary="Create an order (SPEC §2)",
+    status=201,
+    request_model=OrderIn,
+    response_model=OrderOut,
+    audit_action="order.create",
+)
+async def create_order(ctx: RequestContext, body: OrderIn) -> OrderOut:
+    """Refused with its own code: unverified, restricted industry, no agreement, voucher."""
+    await services.visible_enterprise(ctx, body.enterprise_id)
+    get_sku(body.sku)
+    state = await operations.create_order(
+        ctx.db,
+        ctx.audit,
+        operations.OrderRequest(
+            enterprise_id=body.enterprise_id,
+            id_type=body.id_type,
+            sku=body.sku,
+            quantity=body.quantity,
+            agreement_accepted=body.agreement_accepted,
+            voucher=body.voucher,
+        ),
+    )
+    return order_out(state)
+
+
+@api.route("GET", "/v1/orders/{order_id}", summary="Read an order", response_model=OrderOut)
+async def get_order(ctx: RequestContext, body: None, order_id: Id) -> OrderOut:
+    return order_out(await services.visible_order(ctx, order_id))
+
+
+class PaymentIn(ApiModel):
+    reference: str = Field(min_length=1, max_length=128, description="the payment provider's")
+    paid_at: datetime | None = Field(default=None, description="default: now")
+
+
+@api.route(
+    "POST",
+    "/v1/orders/{order_id}/pay",
+    summary="Confirm payment: packages credited",
+    request_model=PaymentIn,
+    response_model=OrderOut,
+    roles=("ops",),
+    audit_action="order.pay",
+)
+async def pay_order(ctx: RequestContext, body: PaymentIn, order_id: Id) -> OrderOut:
+    """Idempotent: a second confirmation credits no second set of buckets."""
+    paid_at = body.paid_at or datetime.now(UTC)
+    if paid_at.tzinfo is None:
+        raise ValidationFailed("paid_at", "needs a UTC offset")
+    await services.visible_order(ctx, order_id)
+    state = await operations.pay_order(
+        ctx.db,
+        services.store(ctx),
+        ctx.audit,
+        order_id,
+        reference=body.reference,
+        paid_at=paid_at,
+        tz=services.settings(ctx).timezone,
+    )
+    return order_out(state)
+
+
+class InvoiceIn(ApiModel):
+    number: str = Field(min_length=1, max_length=64)
+
+
+@api.route(
+    "POST",
+    "/v1/orders/{order_id}/invoice",
+    summary="Record an invoice issued",
+    request_model=InvoiceIn,
+    response_model=OrderOut,
+    roles=("ops",),
+    audit_action="invoice.issued",
+)
+async def issue_invoice(ctx: RequestContext, body: InvoiceIn, order_id: Id) -> OrderOut:
+    await services.visible_order(ctx, order_id)
+    return order_out(
+        await operations.invoice_event(ctx.db, ctx.audit, order_id, "issued", body.number)
+    )
+
+
+@api.route(
+    "POST",
+    "/v1/orders/{order_id}/invoice/return",
+    summary="Record an invoice returned",
+    request_model=InvoiceIn,
+    response_model=OrderOut,
+    roles=("ops",),
+    audit_action="invoice.returned",
+)
+async def return_invoice(ctx: RequestContext, body: InvoiceIn, order_id: Id) -> OrderOut:
+    await services.visible_order(ctx, order_id)
+    return order_out(
+        await operations.invoice_event(ctx.db, ctx.audit, order_id, "returned", body.number)
+    )
+
+
+class RefundIn(ApiModel):
+    order_id: Id
+    package_ids: list[str] = Field(min_length=1, max_length=1000)
+
+
+class RefundLineOut(ApiModel):
+    package_id: str
+    paid_cash_fen: int
+    used_before: int
+    recharged_pv: int
+    used_after: int
+    refund_fen: int
+
+
+class RefundQuoteOut(ApiModel):
+    order_id: str
+    window_end: datetime
+    lines: list[RefundLineOut]
+    voided_gifts: list[str]
+    gift_used_pv: int
+    recharged: dict[str, int]
+    dropped_pv: int
+    voucher_fen: int
+    total_refund_fen: int
+
+
+def quote_out(quote: RefundQuote) -> RefundQuoteOut:
+    return RefundQuoteOut(
+        order_id=quote.order_id,
+        window_end=quote.window_end,
+        lines=[
+            RefundLineOut.model_validate({k: getattr(x, k) for k in RefundLineOut.model_fields})
+            for x in quote.lines
+        ],
+        voided_gifts=list(quote.voided_gifts),
+        gift_used_pv=quote.gift_used_pv,
+        recharged=dict(quote.recharged),
+        dropped_pv=quote.dropped_pv,
+        voucher_fen=quote.voucher_fen,
+        total_refund_fen=quote.total_refund_fen,
+    )
+
+
+@api.route(
+    "POST",
+    "/v1/refunds/quote",
+    summary="Quote a refund of an order's packages",
+    request_model=RefundIn,
+    response_model=RefundQuoteOut,
+)
+async def quote_refund(ctx: RequestContext, body: RefundIn) -> RefundQuoteOut:
+    """What the refund would be now, with the gift re-charge per package; nothing changes."""
+    await services.visible_order(ctx, body.order_id)
+    quote = await refunding.quote(
+        ctx.db,
+        services.store(ctx),
+        body.order_id,
+        body.package_ids,
+        now=datetime.now(UTC),
+        tz=services.settings(ctx).timezone,
+    )
+    return quote_out(quote)
+
+
+class RefundOut(ApiModel):
+    refund_id: str
+    order_id: str
+    enterprise_id: str
+    package_ids: list[str]
+    lines: list[RefundLineOut]
+    total_refund_fen: int
+    completed_at: datetime
+
+
+@api.route(
+    "POST",
+    "/v1/refunds",
+    summary="Refund an order's packages",
+    status=201,
+    request_model=RefundIn,
+    response_model=RefundOut,
+    roles=("ops", "merchant"),
+    audit_action="refund.execute",
+)
+async def create_refund(ctx: RequestContext, body: RefundIn) -> RefundOut:
+    """Needs an Idempotency-Key: a retry after any failure completes the refund once."""
+    if ctx.idempotency_key is None:
+        raise ValidationFailed("Idempotency-Key", "a refund needs an Idempotency-Key header")
+    await services.visible_order(ctx, body.order_id)
+    result = await refunding.execute(
+        ctx.db,
+        services.store(ctx),
+        ctx.audit,
+        body.order_id,
+        body.package_ids,
+        key=f"{ctx.principal.token_id}:{ctx.idempotency_key}",
+        actor=ctx.principal.actor,
+        now=datetime.now(UTC),
+        tz=services.settings(ctx).timezone,
+    )
+    return RefundOut(
+        refund_id=result.refund_id,
+        order_id=result.order_id,
+        enterprise_id=result.enterprise_id,
+        package_ids=result.package_ids,
+        lines=[
+            RefundLineOut.model_validate({k: x[k] for k in RefundLineOut.model_fields})
+            for x in result.lines
+        ],
+        total_refund_fen=result.total_refund_fen,
+        completed_at=result.completed_at,
+    )

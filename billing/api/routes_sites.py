@@ -1,0 +1,202 @@
+"""Sites and their review (SPEC §5): written to the ledger and through the site registry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import Field
+
+from billing import review
+from billing.api import services
+from billing.api.auth import enterprise_scope, require_ops
+from billing.api.context import RequestContext
+from billing.api.framework import Api, ApiModel, Id
+from billing.errors import NotFound, ValidationFailed
+from billing.schema import sites
+from metering.sites import Site, SiteStatus
+
+api = Api()
+Host = str
+
+
+class SiteIn(ApiModel):
+    enterprise_id: Id
+    origin: str = Field(min_length=1, max_length=500)
+    path_prefix: str = Field(default="", max_length=200)
+    include: list[str] = Field(default_factory=list, max_length=50)
+    exclude: list[str] = Field(default_factory=list, max_length=50)
+
+
+class SiteOut(ApiModel):
+    key: str
+    host: str
+    path_prefix: str
+    enterprise_id: str
+    origin: str
+    status: Literal["pending", "approved", "rejected"]
+    include: list[str]
+    exclude: list[str]
+    review_note: str
+    updated_at: datetime
+
+
+def _site(host: str, body: SiteIn, status: SiteStatus) -> Site:
+    try:
+        return Site(
+            host=host.lower(),
+            enterprise_id=body.enterprise_id,
+            origin=body.origin,
+            path_prefix=body.path_prefix,
+            status=status,
+            include=tuple(body.include),
+            exclude=tuple(body.exclude),
+        )
+    except ValueError as exc:
+        raise ValidationFailed("site", str(exc)) from exc
+
+
+def _out(row: dict[str, Any]) -> SiteOut:
+    d = row["definition"]
+    return SiteOut(
+        key=row["key"],
+        host=d["host"],
+        path_prefix=d["path_prefix"],
+        enterprise_id=row["enterprise_id"],
+        origin=d["origin"],
+        status=row["status"],
+        include=d["include"],
+        exclude=d["exclude"],
+        review_note=row["review_note"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def _save(ctx: RequestContext, site: Site, note: str, before: Any) -> SiteOut:
+    row = {
+        "key": site.key,
+        "enterprise_id": site.enterprise_id,
+        "definition": {**_definition(site)},
+        "status": site.status.value,
+        "review_note": note,
+        "updated_at": datetime.now(UTC),
+    }
+    async with ctx.db.begin() as conn:
+        await conn.execute(sa.delete(sites).where(sites.c.key == site.key))
+        await conn.execute(sites.insert().values(**row))
+        await ctx.audit(
+            conn, enterprise_id=site.enterprise_id, before=before, after=row, reason=note
+        )
+    await services.registry(ctx).put(site)  # every gateway sees it within a second
+    return _out(row)
+
+
+def _definition(site: Site) -> dict[str, Any]:
+    return {
+        "host": site.host,
+        "path_prefix": site.path_prefix,
+        "origin": site.origin,
+        "include": list(site.include),
+        "exclude": list(site.exclude),
+    }
+
+
+async def _existing(ctx: RequestContext, key: str) -> dict[str, Any] | None:
+    async with ctx.db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                sa.select(sites).where(
+                    sites.c.key == key, enterprise_scope(ctx.principal, sites.c.enterprise_id)
+                )
+            )
+        ).first()
+    return None if row is None else dict(row._mapping)
+
+
+@api.route(
+    "PUT",
+    "/v1/sites/{host}",
+    summary="Create or change a site (pending review)",
+    request_model=SiteIn,
+    response_model=SiteOut,
+    audit_action="site.put",
+)
+async def put_site(ctx: RequestContext, body: SiteIn, host: Host) -> SiteOut:
+    """A new or changed site is pending; the automatic reviewer may reject it at once."""
+    enterprise = await services.visible_enterprise(ctx, body.enterprise_id)
+    site = _site(host, body, SiteStatus.PENDING)
+    before = await _existing(ctx, site.key)
+    if before is None:
+        async with ctx.db.engine.connect() as conn:
+            taken = await conn.scalar(sa.select(sites.c.key).where(sites.c.key == site.key))
+        if taken:  # another tenant's site: the same answer as for any unseen object
+            raise NotFound(f"site {site.key!r} not found")
+    conf = services.settings(ctx).review
+    verdict = await review.review(
+        site, enterprise["industry"], conf.deny_words, conf.fetch_timeout_s
+    )
+    if verdict.rejected:
+        site = _site(host, body, SiteStatus.REJECTED)
+    return await _save(ctx, site, verdict.note, before)
+
+
+class SitesQuery(ApiModel):
+    enterprise_id: Id | None = None
+    status: Literal["pending", "approved", "rejected"] | None = None
+
+
+class SiteList(ApiModel):
+    items: list[SiteOut]
+
+
+@api.route(
+    "GET", "/v1/sites", summary="List sites", query_model=SitesQuery, response_model=SiteList
+)
+async def list_sites(ctx: RequestContext, body: None, query: SitesQuery) -> SiteList:
+    conditions = [enterprise_scope(ctx.principal, sites.c.enterprise_id)]
+    if query.enterprise_id:
+        conditions.append(sites.c.enterprise_id == query.enterprise_id)
+    if query.status:
+        conditions.append(sites.c.status == query.status)
+    async with ctx.db.engine.connect() as conn:
+        rows = (
+            (await conn.execute(sa.select(sites).where(*conditions).order_by(sites.c.key)))
+            .mappings()
+            .all()
+        )
+    return SiteList(items=[_out(dict(r)) for r in rows])
+
+
+class ReviewIn(ApiModel):
+    decision: Literal["approve", "reject"]
+    note: str = Field(min_length=1, max_length=500)
+    path_prefix: str = Field(default="", max_length=200)
+
+
+@api.route(
+    "POST",
+    "/v1/sites/{host}/review",
+    summary="Approve or reject a site",
+    request_model=ReviewIn,
+    response_model=SiteOut,
+    roles=("ops",),
+    audit_action="site.review",
+)
+async def review_site(ctx: RequestContext, body: ReviewIn, host: Host) -> SiteOut:
+    require_ops(ctx.principal)
+    before = await _existing(ctx, host.lower() + body.path_prefix)
+    if before is None:
+        raise NotFound(f"site {host + body.path_prefix!r} not found")
+    d = before["definition"]
+    status = SiteStatus.APPROVED if body.decision == "approve" else SiteStatus.REJECTED
+    site = Site(
+        host=d["host"],
+        enterprise_id=before["enterprise_id"],
+        origin=d["origin"],
+        path_prefix=d["path_prefix"],
+        status=status,
+        include=tuple(d["include"]),
+        exclude=tuple(d["exclude"]),
+    )
+    return await _save(ctx, site, body.note, before)

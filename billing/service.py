@@ -1,0 +1,135 @@
+"""Running billing: the admin API, the usage consumer and the periodic jobs, one process.
+
+``pvgate billing`` serves the admin API (default port 8081) and Prometheus metrics (9101),
+consumes ``pvgate:usage`` as one member of the consumer group, and every
+``reconcile.interval_s`` reconciles the ledger with Redis and records expired buckets.
+It refuses to start on an out-of-date ledger schema (``pvgate migrate`` first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from billing import reconcile
+from billing.api.app import create_admin_app
+from billing.api.routes import business_api
+from billing.consumer import UsageConsumer
+from billing.db import Database
+from billing.settings import BillingSettings
+from metering import BalanceStore
+from metering.logs import configure_logging
+from metering.scripts import RedisClient
+from metering.sites import SiteRegistry
+
+log = logging.getLogger("pvgate.billing")
+REDIS = web.AppKey("billing_redis", BalanceStore)
+
+
+def build_app(settings: BillingSettings, db: Database, client: RedisClient) -> web.Application:
+    """The admin app with the consumer and jobs attached to its lifetime."""
+    store = BalanceStore(client)
+    app = create_admin_app(
+        db, business_api(), store=store, settings=settings, registry=SiteRegistry(client)
+    )
+    app[REDIS] = store
+    app.cleanup_ctx.append(_background(settings, db, client, store))
+    return app
+
+
+def _background(settings: BillingSettings, db: Database, client: RedisClient, store: BalanceStore):  # type: ignore[no-untyped-def]
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        name = settings.consumer.name or f"{socket.gethostname()}-{os.getpid()}"
+        consumer = UsageConsumer(
+            db,
+            client,
+            name,
+            count=settings.consumer.count,
+            claim_idle_ms=settings.consumer.claim_idle_ms,
+            max_deliveries=settings.consumer.max_deliveries,
+        )
+        stop = asyncio.Event()
+        tasks = [
+            asyncio.create_task(consumer.run(stop)),
+            asyncio.create_task(_jobs(settings, db, store, consumer, stop)),
+        ]
+        yield
+        stop.set()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)
+
+    return run
+
+
+async def _jobs(
+    settings: BillingSettings,
+    db: Database,
+    store: BalanceStore,
+    consumer: UsageConsumer,
+    stop: asyncio.Event,
+) -> None:
+    conf = settings.reconcile
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), conf.interval_s)
+        if stop.is_set():
+            return
+        try:
+            booked = await reconcile.reconcile(
+                db, store, settle=conf.settle_s, drain=consumer.drain
+            )
+            expired = await reconcile.record_expirations(
+                db, store, grace=timedelta(seconds=conf.expiry_grace_s)
+            )
+            if booked or expired:
+                log.info(
+                    "reconciliation booked %d differences, %d expirations", len(booked), expired
+                )
+        except Exception:  # a failed pass is retried at the next interval
+            log.exception("reconciliation pass failed")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def serve_billing(settings: BillingSettings) -> int:
+    db = Database(settings.database_url)
+    await db.check_schema()  # raises SchemaOutdated naming the command to run
+    client = await settings.redis.open()
+    app = build_app(settings, db, client)
+    metrics = web.Application()
+    metrics.router.add_get("/metrics", _metrics)
+    runners = [web.AppRunner(app, access_log=None), web.AppRunner(metrics, access_log=None)]
+    for runner, address in zip(runners, (settings.listen, settings.metrics_listen), strict=True):
+        await runner.setup()
+        host, _, port = address.rpartition(":")
+        await web.TCPSite(runner, host, int(port)).start()
+    log.info("billing on %s, metrics on %s", settings.listen, settings.metrics_listen)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for runner in runners:
+        await runner.cleanup()
+    await client.aclose()
+    await db.dispose()
+    return 0
+
+
+def run_billing(settings: BillingSettings) -> int:
+    configure_logging(settings.log_level)
+    return asyncio.run(serve_billing(settings))
