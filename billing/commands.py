@@ -48,7 +48,9 @@ async def _reconcile(settings: BillingSettings, settle: float) -> int:
         await db.check_schema()
         store = BalanceStore(client)
         consumer = UsageConsumer(db, client, f"reconcile-{socket.gethostname()}-{os.getpid()}")
-        booked = await reconcile.reconcile(db, store, settle=settle, drain=consumer.drain)
+        booked = await reconcile.reconcile(
+            db, store, settle=settle, drain=consumer.drain, settled=consumer.settled
+        )
         expired = await reconcile.record_expirations(
             db, store, grace=timedelta(seconds=settings.reconcile.expiry_grace_s)
         )

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.db import Database
 from billing.schema import usage, usage_batches
-from metering.keys import USAGE_STREAM
+from metering.keys import USAGE_STREAM, validate_bucket_id, validate_enterprise_id
 from metering.scripts import RedisClient
 
 log = logging.getLogger("pvgate.consumer")
@@ -50,6 +50,10 @@ USAGE_LAG = Gauge(
     "Age of the newest usage entry when it was written to the ledger.",
     multiprocess_mode="max",
 )
+
+
+# A gateway's count for one bucket in one flush; far below what a BIGINT column holds.
+_MAX_COUNT = 2**40
 
 
 class BadEntry(ValueError):
@@ -71,9 +75,14 @@ class Entry:
             entry = cls(
                 stream_id, str(fields["gateway_id"]), int(fields["seq"]), int(fields["ts"]), rows
             )
+            for enterprise_id, bucket_id, n in rows:
+                validate_enterprise_id(enterprise_id)
+                validate_bucket_id(bucket_id)
+                if not -_MAX_COUNT <= n <= _MAX_COUNT:
+                    raise ValueError(f"row count {n} out of range")
         except (KeyError, ValueError, TypeError) as exc:
             raise BadEntry(f"entry {stream_id}: {type(exc).__name__}: {exc}") from exc
-        if not entry.gateway_id or entry.seq < 1 or entry.ts < 0:
+        if not 0 < len(entry.gateway_id) <= 128 or not 0 < entry.seq < 2**63 or entry.ts < 0:
             raise BadEntry(f"entry {stream_id}: invalid gateway_id, seq or ts")
         return entry
 
@@ -97,15 +106,12 @@ def upsert_usage(dialect: str) -> Any:
 async def record_entries(conn: AsyncConnection, dialect: str, entries: Sequence[Entry]) -> int:
     """Write the entries not recorded yet, with their keys; the number written."""
     keys = [(e.gateway_id, e.seq) for e in entries]
-    seen = set(
-        (
-            await conn.execute(
-                sa.select(usage_batches.c.gateway_id, usage_batches.c.seq).where(
-                    sa.tuple_(usage_batches.c.gateway_id, usage_batches.c.seq).in_(keys)
-                )
-            )
-        ).tuples()
+    result = await conn.execute(
+        sa.select(usage_batches.c.gateway_id, usage_batches.c.seq).where(
+            sa.tuple_(usage_batches.c.gateway_id, usage_batches.c.seq).in_(keys)
+        )
     )
+    seen = {(gateway_id, seq) for gateway_id, seq in result}
     fresh = [e for e in entries if (e.gateway_id, e.seq) not in seen]
     # One batch can hold the same key twice (a redelivery next to its original).
     unique = list({(e.gateway_id, e.seq): e for e in fresh}.values())
@@ -199,6 +205,11 @@ class UsageConsumer:
             if not written and not await self._has_new():
                 return total
 
+    async def settled(self) -> bool:
+        """True when every entry was read and acknowledged (none new, none pending)."""
+        summary: Any = await self.client.xpending(USAGE_STREAM, GROUP)
+        return not summary["pending"] and not await self._has_new()
+
     async def _has_new(self) -> bool:
         info = await self.client.xinfo_groups(USAGE_STREAM)
         group = next((g for g in info if g["name"] == GROUP), None)
@@ -213,18 +224,28 @@ class UsageConsumer:
                 await self._dead_letter(stream_id, fields, str(exc))
         if not good:
             return 0
+        written = await self._record(good)
+        if written is None and len(good) > 1:
+            # One entry the database refuses must not hold back the others: record them
+            # one by one, so that only the bad one stays pending towards the dead letters.
+            results = [await self._record([entry]) for entry in good]
+            return sum(r or 0 for r in results)
+        return written or 0
+
+    async def _record(self, entries: list[Entry]) -> int | None:
+        """Record and acknowledge; None (entries left pending) when the database refused."""
         try:
             async with self.db.begin() as conn:
-                written = await record_entries(conn, self.db.dialect, good)
-        except sa.exc.SQLAlchemyError as exc:
+                written = await record_entries(conn, self.db.dialect, entries)
+        except (sa.exc.SQLAlchemyError, ArithmeticError) as exc:
             # Left pending: redelivered through XAUTOCLAIM, dead-lettered if it persists.
-            ENTRIES.labels("failed").inc(len(good))
-            log.error("usage batch of %d entries not recorded: %s", len(good), exc)
-            return 0
-        await self.client.xack(USAGE_STREAM, GROUP, *(e.stream_id for e in good))
+            ENTRIES.labels("failed").inc(len(entries))
+            log.error("usage batch of %d entries not recorded: %s", len(entries), exc)
+            return None
+        await self.client.xack(USAGE_STREAM, GROUP, *(e.stream_id for e in entries))
         ENTRIES.labels("recorded").inc(written)
-        ENTRIES.labels("duplicate").inc(len(good) - written)
-        USAGE_LAG.set(max(0.0, time.time() - max(e.ts for e in good) / 1000))
+        ENTRIES.labels("duplicate").inc(len(entries) - written)
+        USAGE_LAG.set(max(0.0, time.time() - max(e.ts for e in entries) / 1000))
         return written
 
     async def _claim_stale(self) -> int:

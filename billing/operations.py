@@ -6,6 +6,7 @@ the two completes the work instead of doing it twice.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from billing.schema import (
 )
 from metering import BalanceStore
 from metering.buckets import BucketKind, BucketSpec, to_ms
+from metering.errors import ScriptFailed
 from metering.keys import validate_enterprise_id
 
 
@@ -159,11 +161,19 @@ async def pay_order(
     buckets again, which the credit script ignores — so a crash after the commit and
     before the credits is healed by retrying.
     """
-    async with db.begin() as conn:
-        state = await get_order(conn, order_id)
-        if state.payment is None:
-            await _book_payment(conn, audit, state, reference, paid_at, tz)
+    try:
+        async with db.begin() as conn:
             state = await get_order(conn, order_id)
+            if state.payment is None:
+                await _book_payment(conn, audit, state, reference, paid_at, tz)
+                state = await get_order(conn, order_id)
+    except sa.exc.IntegrityError:
+        # A concurrent confirmation booked the payment first (payments.order_id is
+        # unique): this one carries on from what that one booked.
+        async with db.engine.connect() as conn:
+            state = await get_order(conn, order_id)
+        if state.payment is None:
+            raise
     await credit_packages(store, state)
     return state
 
@@ -241,40 +251,65 @@ async def grant_gift(
     order_id: str | None,
     expires_at: datetime | None,
     tz: Zone,
+    gift_id: str | None = None,
 ) -> dict[str, Any]:
+    """Grant gift PV.  With a ``gift_id`` (derived from the request's idempotency key) a
+    retry after a crash between the ledger and Redis completes the same gift."""
     if pv < 1:
         raise ValidationFailed("pv", "must be at least 1")
-    now = datetime.now(UTC)
+    gift_id = gift_id or new_id("gift")
     async with db.begin() as conn:
         await get_enterprise(conn, enterprise_id)
-        if order_id is not None:
-            order = await get_order(conn, order_id)
-            if order.order["enterprise_id"] != enterprise_id:
-                raise NotFound(f"order {order_id!r} not found")
-        row: dict[str, Any] = {
-            "id": new_id("gift"),
-            "enterprise_id": enterprise_id,
-            "order_id": order_id,
-            "granted_pv": pv,
-            "reason": reason,
-            "granted_at": now,
-            "expires_at": expires_at or add_years(now, 1, tz),
-        }
-        if row["expires_at"] <= now:
-            raise ValidationFailed("expires_at", "must be in the future")
-        await conn.execute(gifts.insert().values(**row))
-        await audit(conn, "gift.grant", enterprise_id, None, row, reason)
+        found = (await conn.execute(sa.select(gifts).where(gifts.c.id == gift_id))).first()
+        if found is not None:
+            row: dict[str, Any] = dict(found._mapping)
+        else:
+            row = await _new_gift(
+                conn, audit, gift_id, enterprise_id, pv, reason, order_id, expires_at, tz
+            )
     await store.credit(
         enterprise_id,
         BucketSpec(
             id=row["id"],
             kind=BucketKind.GIFT,
-            granted=pv,
+            granted=row["granted_pv"],
             expires_at=to_ms(row["expires_at"]),
-            ordered_at=to_ms(now),
-            order_id=order_id or "",
+            ordered_at=to_ms(row["granted_at"]),
+            order_id=row["order_id"] or "",
         ),
     )
+    return row
+
+
+async def _new_gift(
+    conn: Any,
+    audit: Auditor,
+    gift_id: str,
+    enterprise_id: str,
+    pv: int,
+    reason: str,
+    order_id: str | None,
+    expires_at: datetime | None,
+    tz: Zone,
+) -> dict[str, Any]:
+    if order_id is not None:
+        order = await get_order(conn, order_id)
+        if order.order["enterprise_id"] != enterprise_id:
+            raise NotFound(f"order {order_id!r} not found")
+    now = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "id": gift_id,
+        "enterprise_id": enterprise_id,
+        "order_id": order_id,
+        "granted_pv": pv,
+        "reason": reason,
+        "granted_at": now,
+        "expires_at": expires_at or add_years(now, 1, tz),
+    }
+    if row["expires_at"] <= now:
+        raise ValidationFailed("expires_at", "must be in the future")
+    await conn.execute(gifts.insert().values(**row))
+    await audit(conn, "gift.grant", enterprise_id, None, row, reason)
     return row
 
 
@@ -288,11 +323,18 @@ async def adjust_bucket(
     delta_pv: int,
     reason: str,
     actor: str,
+    adjustment_id: str | None = None,
 ) -> dict[str, Any]:
-    """An ops correction of a bucket's granted PV; the reason is mandatory."""
+    """An ops correction of a bucket's granted PV; the reason is mandatory.
+
+    Redis applies it once per adjustment id, then the ledger books it if not booked yet,
+    so a retry with the same id (derived from the idempotency key) after a crash between
+    the two completes it instead of applying it twice.
+    """
     if not reason.strip():
         raise ValidationFailed("reason", "an adjustment needs a reason")
-    async with db.begin() as conn:
+    adjustment_id = adjustment_id or new_id("adj")
+    async with db.engine.connect() as conn:
         await get_enterprise(conn, enterprise_id)
         owned = await conn.scalar(
             sa.union(
@@ -304,19 +346,24 @@ async def adjust_bucket(
                 ),
             )
         )
-        if owned is None:
-            raise NotFound(f"bucket {bucket_id!r} not found")
-    before, after = await _adjust_in_redis(store, enterprise_id, bucket_id, delta_pv)
+    if owned is None:
+        raise NotFound(f"bucket {bucket_id!r} not found")
+    before, after = await _adjust_in_redis(store, enterprise_id, bucket_id, delta_pv, adjustment_id)
     row = {
-        "id": new_id("adj"),
+        "id": adjustment_id,
         "enterprise_id": enterprise_id,
         "bucket_id": bucket_id,
-        "delta_pv": delta_pv,
+        "delta_pv": after - before,
         "reason": reason,
         "actor": actor,
         "created_at": datetime.now(UTC),
     }
     async with db.begin() as conn:
+        booked = (
+            await conn.execute(sa.select(adjustments).where(adjustments.c.id == adjustment_id))
+        ).first()
+        if booked is not None:
+            return dict(booked._mapping)
         await conn.execute(adjustments.insert().values(**row))
         await audit(
             conn, "bucket.adjust", enterprise_id, {"granted": before}, {"granted": after}, reason
@@ -325,14 +372,18 @@ async def adjust_bucket(
 
 
 async def _adjust_in_redis(
-    store: BalanceStore, enterprise_id: str, bucket_id: str, delta: int
+    store: BalanceStore, enterprise_id: str, bucket_id: str, delta: int, adjustment_id: str
 ) -> tuple[int, int]:
-    from metering.errors import ScriptFailed
-
     try:
-        return await store.adjust(enterprise_id, bucket_id, delta)
+        return await store.adjust(enterprise_id, bucket_id, delta, adjustment_id)
     except ScriptFailed as exc:
         raise ValidationFailed("delta_pv", str(exc).split("adjust: ")[-1]) from exc
+
+
+def id_from_key(prefix: str, scope: str, key: str) -> str:
+    """A stable id for what one idempotency key creates (same key, same object)."""
+    digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()[:20]
+    return f"{prefix}_{digest}"
 
 
 # Invoices ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ cancelled (SPEC §1.1).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from billing.db import Database
 from billing.schema import expirations, gifts, packages, reconciliations, usage
 from metering import BalanceStore
 from metering.buckets import BucketStatus, from_ms
+
+log = logging.getLogger("pvgate.reconcile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +50,7 @@ async def ledger_used(conn: AsyncConnection, enterprise_id: str) -> dict[str, in
             .where(table.c.enterprise_id == enterprise_id)
             .group_by(table.c.bucket_id)
         )
-        for bucket_id, pv in result.tuples():
+        for bucket_id, pv in result:
             totals[bucket_id] = totals.get(bucket_id, 0) + int(pv)
     return totals
 
@@ -83,9 +86,15 @@ async def reconcile(
     *,
     settle: float = 5.0,
     drain: Callable[[], Awaitable[int]] | None = None,
+    settled: Callable[[], Awaitable[bool]] | None = None,
     enterprise_ids: Iterable[str] | None = None,
 ) -> list[Difference]:
-    """One reconciliation pass; the differences it booked."""
+    """One reconciliation pass; the differences it booked.
+
+    With ``settled`` (the consumer's), nothing is booked while stream entries are still
+    pending with some consumer: they will reach the ledger, and booking them now would
+    count them twice.
+    """
     if enterprise_ids is None:
         async with db.engine.connect() as conn:
             enterprise_ids = await ledger_enterprises(conn)
@@ -98,15 +107,18 @@ async def reconcile(
     await asyncio.sleep(settle)
     if drain is not None:
         await drain()
+    if settled is not None and not await settled():
+        log.info("reconciliation skipped: usage entries still pending")
+        return []
     second, used_second = await differences(db, store, ids)
-    settled = [
+    steady = [
         d
         for key, d in second.items()
         if first.get(key) == d and used_first.get(key) == used_second.get(key)
     ]
     now = datetime.now(UTC)
     async with db.begin() as conn:
-        for d in settled:
+        for d in steady:
             await conn.execute(
                 reconciliations.insert().values(
                     id=f"rec_{uuid.uuid4().hex}",
@@ -123,7 +135,7 @@ async def reconcile(
                     ),
                 )
             )
-    return settled
+    return steady
 
 
 async def record_expirations(db: Database, store: BalanceStore, *, grace: timedelta) -> int:

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from billing.audit import Auditor
 from billing.db import Database
-from billing.errors import Conflict
+from billing.errors import Conflict, ValidationFailed
 from billing.ledger import OrderState, get_enterprise, get_order
 from billing.operations import new_id
 from billing.rules.calendar import Zone
@@ -144,10 +144,18 @@ async def execute(
     tz: Zone,
 ) -> RefundResult:
     """Refund the packages once per idempotency key (see the module docstring)."""
+    if len(set(package_ids)) != len(package_ids):
+        raise ValidationFailed("package_ids", "a package is listed more than once")
     request = await _existing_request(db, key)
     if request is None:
         await quote(db, store, order_id, package_ids, now=now, tz=tz)  # refusals raise here
-        request = await _start(db, key, order_id, package_ids, actor, now)
+        try:
+            request = await _start(db, key, order_id, package_ids, actor, now)
+        except sa.exc.IntegrityError:
+            # The same key raced in concurrently and started first: carry on from it.
+            request = await _existing_request(db, key)
+            if request is None:
+                raise
     elif request["order_id"] != order_id or sorted(request["package_ids"]) != sorted(package_ids):
         raise Conflict(f"idempotency key {key!r} was used for another refund")
     completed = await _booked(db, request["id"])
@@ -158,7 +166,12 @@ async def execute(
     enterprise_id = state.order["enterprise_id"]
     voided = await store.void_gifts(enterprise_id, [g["id"] for g in state.gifts], recharge=True)
     final_used = await store.freeze(enterprise_id, request["package_ids"])
-    await _book(db, audit, request, state, voided.recharged, final_used)
+    try:
+        await _book(db, audit, request, state, voided.recharged, final_used)
+    except sa.exc.IntegrityError:
+        # A concurrent execution of the same refund booked it first; its booking stands.
+        if await _booked(db, request["id"]) is None:
+            raise
     booked = await _booked(db, request["id"])
     assert booked is not None
     return booked

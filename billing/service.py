@@ -86,7 +86,7 @@ async def _jobs(
             return
         try:
             booked = await reconcile.reconcile(
-                db, store, settle=conf.settle_s, drain=consumer.drain
+                db, store, settle=conf.settle_s, drain=consumer.drain, settled=consumer.settled
             )
             expired = await reconcile.record_expirations(
                 db, store, grace=timedelta(seconds=conf.expiry_grace_s)

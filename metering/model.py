@@ -30,6 +30,7 @@ class _Entry:
     recharged: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
     granted: int = 0  # as adjusted; spec.granted stays what was credited
+    adjustments: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.granted = self.granted or self.spec.granted
@@ -167,14 +168,19 @@ class BalanceModel:
                 charged[e.spec.id] = take
         return charged, owed
 
-    def adjust(self, bucket_id: str, delta: int) -> tuple[int, int]:
+    def adjust(self, bucket_id: str, delta: int, adjustment_id: str) -> tuple[int, int]:
+        if delta == 0:
+            raise ValueError("adjust: delta must not be 0")
         e = self._entries.get(bucket_id)
-        if e is None or e.status is not BucketStatus.ACTIVE or delta == 0:
+        if e is not None and adjustment_id in e.adjustments:
+            return e.adjustments[adjustment_id]
+        if e is None or e.status is not BucketStatus.ACTIVE:
             raise ValueError(f"adjust: bucket {bucket_id} cannot be adjusted")
         after = e.granted + delta
         if after < max(e.used, 1):
             raise ValueError("adjust: granted would fall below used")
         before, e.granted = e.granted, after
+        e.adjustments[adjustment_id] = (before, after)
         return before, after
 
     def set_suspended(self, suspended: bool) -> bool:
@@ -184,7 +190,8 @@ class BalanceModel:
     def copy(self) -> BalanceModel:
         other = BalanceModel()
         other._entries = {
-            k: replace(v, recharged=dict(v.recharged)) for k, v in self._entries.items()
+            k: replace(v, recharged=dict(v.recharged), adjustments=dict(v.adjustments))
+            for k, v in self._entries.items()
         }
         other.suspended = self.suspended
         return other

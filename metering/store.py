@@ -127,10 +127,15 @@ class BalanceStore:
             buckets,
         )
 
-    async def adjust(self, enterprise_id: str, bucket_id: str, delta: int) -> tuple[int, int]:
-        """Change a bucket's granted PV by delta; (granted before, granted after)."""
+    async def adjust(
+        self, enterprise_id: str, bucket_id: str, delta: int, adjustment_id: str
+    ) -> tuple[int, int]:
+        """Change a bucket's granted PV by delta, once per adjustment id; (before, after)."""
         validate_bucket_id(bucket_id)
-        before, after = await self._run(scripts.ADJUST_BUCKET, enterprise_id, (bucket_id, delta))
+        validate_bucket_id(adjustment_id)  # the same charset: it becomes a field name
+        before, after = await self._run(
+            scripts.ADJUST_BUCKET, enterprise_id, (bucket_id, delta, adjustment_id)
+        )
         return int(before), int(after)
 
     async def set_suspended(self, enterprise_id: str, suspended: bool) -> bool:

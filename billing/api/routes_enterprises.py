@@ -203,6 +203,7 @@ async def grant_gift(ctx: RequestContext, body: GiftIn, enterprise_id: Id) -> Gi
         order_id=body.order_id,
         expires_at=body.expires_at,
         tz=services.settings(ctx).timezone,
+        gift_id=services.id_for_request(ctx, "gift"),
     )
     return GiftOut.model_validate(row)
 
@@ -245,6 +246,7 @@ async def adjust(ctx: RequestContext, body: AdjustmentIn, enterprise_id: Id) -> 
         delta_pv=body.delta_pv,
         reason=body.reason,
         actor=ctx.principal.actor,
+        adjustment_id=services.id_for_request(ctx, "adj"),
     )
     return AdjustmentOut.model_validate(row)
 
@@ -285,20 +287,16 @@ async def get_usage(
         raise ValidationFailed("since", "must be before until")
     async with ctx.db.engine.connect() as conn:
         rows = (
-            (
-                await conn.execute(
-                    sa.select(usage.c.hour, usage.c.bucket_id, usage.c.pv)
-                    .where(
-                        usage.c.enterprise_id == enterprise_id,
-                        usage.c.hour >= since,
-                        usage.c.hour < until,
-                    )
-                    .order_by(usage.c.hour, usage.c.bucket_id)
+            await conn.execute(
+                sa.select(usage.c.hour, usage.c.bucket_id, usage.c.pv)
+                .where(
+                    usage.c.enterprise_id == enterprise_id,
+                    usage.c.hour >= since,
+                    usage.c.hour < until,
                 )
+                .order_by(usage.c.hour, usage.c.bucket_id)
             )
-            .tuples()
-            .all()
-        )
+        ).all()
     totals: dict[tuple[datetime, str], int] = {}
     for hour, bucket_id, pv in rows:
         period = hour if query.granularity == "hour" else hour.replace(hour=0)

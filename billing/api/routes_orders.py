@@ -326,7 +326,7 @@ async def create_refund(ctx: RequestContext, body: RefundIn) -> RefundOut:
         ctx.audit,
         body.order_id,
         body.package_ids,
-        key=f"{ctx.principal.token_id}:{ctx.idempotency_key}",
+        key=services.id_for_request(ctx, "refund") or "",
         actor=ctx.principal.actor,
         now=datetime.now(UTC),
         tz=services.settings(ctx).timezone,

@@ -10,6 +10,7 @@ from billing.api.auth import Principal, fetch_visible_enterprise
 from billing.api.context import RequestContext
 from billing.errors import NotFound
 from billing.ledger import OrderState, get_order
+from billing.operations import id_from_key
 from billing.settings import BillingSettings
 from metering import BalanceStore
 from metering.sites import SiteRegistry
@@ -43,6 +44,13 @@ async def visible_order(ctx: RequestContext, order_id: str) -> OrderState:
         except NotFound:
             raise NotFound(f"order {order_id!r} not found") from None
     return state
+
+
+def id_for_request(ctx: RequestContext, prefix: str) -> str | None:
+    """The id of what this request creates, stable across its retries (same key), or None."""
+    if ctx.idempotency_key is None:
+        return None
+    return id_from_key(prefix, ctx.principal.role, ctx.idempotency_key)
 
 
 def partner_of(principal: Principal) -> str | None:

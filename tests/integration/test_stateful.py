@@ -116,15 +116,20 @@ class MeteringMachine(RuleBasedStateMachine):
         assert result == expected
         self.consumed += sum(result.recharged.values())
 
-    @rule(bucket_id=st.sampled_from(IDS), delta=st.integers(-10, 10))
-    def adjust(self, bucket_id, delta):
+    @rule(
+        bucket_id=st.sampled_from(IDS),
+        delta=st.integers(-10, 10),
+        adjustment=st.sampled_from(["a1", "a2", "a3"]),
+    )
+    def adjust(self, bucket_id, delta, adjustment):
         try:
-            expected = self.model.adjust(bucket_id, delta)
+            expected = self.model.adjust(bucket_id, delta, adjustment)
         except ValueError:
             with pytest.raises(ScriptFailed, match="adjust"):
-                self.run(self.store.adjust(self.enterprise, bucket_id, delta))
+                self.run(self.store.adjust(self.enterprise, bucket_id, delta, adjustment))
             return
-        assert self.run(self.store.adjust(self.enterprise, bucket_id, delta)) == expected
+        got = self.run(self.store.adjust(self.enterprise, bucket_id, delta, adjustment))
+        assert got == expected
 
     @rule(flag=st.booleans())
     def suspend(self, flag):
