@@ -105,28 +105,40 @@ async def _metrics(request: web.Request) -> web.Response:
     )
 
 
-async def serve_billing(settings: BillingSettings) -> int:
-    db = Database(settings.database_url)
+async def start_billing(
+    settings: BillingSettings, db: Database, client: RedisClient
+) -> list[web.AppRunner]:
+    """The admin API and the metrics endpoint, listening; the runners to clean up."""
     await db.check_schema()  # raises SchemaOutdated naming the command to run
-    client = await settings.redis.open()
-    app = build_app(settings, db, client)
     metrics = web.Application()
     metrics.router.add_get("/metrics", _metrics)
-    runners = [web.AppRunner(app, access_log=None), web.AppRunner(metrics, access_log=None)]
+    runners = [
+        web.AppRunner(build_app(settings, db, client), access_log=None),
+        web.AppRunner(metrics, access_log=None),
+    ]
     for runner, address in zip(runners, (settings.listen, settings.metrics_listen), strict=True):
         await runner.setup()
         host, _, port = address.rpartition(":")
         await web.TCPSite(runner, host, int(port)).start()
     log.info("billing on %s, metrics on %s", settings.listen, settings.metrics_listen)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for runner in runners:
-        await runner.cleanup()
-    await client.aclose()
-    await db.dispose()
+    return runners
+
+
+async def serve_billing(settings: BillingSettings) -> int:
+    db = Database(settings.database_url)
+    client = await settings.redis.open()
+    try:
+        runners = await start_billing(settings, db, client)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        for runner in runners:
+            await runner.cleanup()
+    finally:
+        await client.aclose()
+        await db.dispose()
     return 0
 
 

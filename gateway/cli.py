@@ -17,6 +17,7 @@ from gateway.settings import load_settings
 from metering import BalanceStore, MeterError
 from metering.config import ConfigError
 from metering.connection import RedisSettings
+from metering.logs import configure_logging
 
 if TYPE_CHECKING:
     from billing.settings import BillingSettings
@@ -104,6 +105,16 @@ def _add_billing_commands(commands: Any) -> None:
     reconcile.add_argument("--settle", type=float, default=5.0, help="seconds between reads")
 
 
+def _run(args: argparse.Namespace) -> int:
+    from billing.settings import load_billing_settings
+    from gateway.demo import run_together
+
+    gateway = load_settings(args.gateway_config)
+    billing = load_billing_settings(args.billing_config)
+    configure_logging(gateway.log_level)
+    return int(asyncio.run(run_together(gateway, billing)))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -118,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run everything on embedded defaults")
     add_arguments(demo)
     demo.set_defaults(sync=_demo)
+    run = commands.add_parser("run", help="run billing and the gateway together")
+    run.add_argument("--gateway-config", help="gateway TOML settings")
+    run.add_argument("--billing-config", help="billing TOML settings")
+    run.set_defaults(sync=_run)
     _add_billing_commands(commands)
     gateway = commands.add_parser("gateway", help="run the metered reverse proxy")
     gateway.add_argument("--config", help="TOML settings file (default: embedded defaults)")

@@ -25,7 +25,7 @@ from billing.audit import SystemAuditor
 from billing.db import Database
 from billing.errors import Conflict
 from billing.schema import gifts, sites
-from billing.service import build_app
+from billing.service import start_billing
 from billing.settings import BillingSettings
 from gateway.server import supervise
 from gateway.settings import GatewaySettings, RedisSection
@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8080", help="the gateway")
     parser.add_argument("--admin-listen", default="127.0.0.1:8081", help="the admin API")
     parser.add_argument("--metrics-listen", default="127.0.0.1:9100", help="gateway metrics")
+    parser.add_argument("--billing-metrics-listen", default="127.0.0.1:9101")
     parser.add_argument("--gift-pv", type=int, default=20, help="the seeded balance")
 
 
@@ -136,33 +137,49 @@ def run_demo(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace, workdir: Path, redis: RedisServer) -> int:
     origin_runner, origin = await _origin()
-    db = Database(f"sqlite:///{workdir / 'ledger.db'}")
-    billing_runner: web.AppRunner | None = None
+    billing = BillingSettings(
+        listen=args.admin_listen,
+        metrics_listen=args.billing_metrics_listen,
+        database_url=f"sqlite:///{workdir / 'ledger.db'}",
+        redis=RedisSettings(url=redis.url),
+        log_level="warning",
+    )
+    gateway = GatewaySettings(
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        redis=RedisSection(url=redis.url),
+        log_level="warning",
+    )
+    db = Database(billing.database_url)
     try:
         await db.migrate()
-        billing = BillingSettings(
-            listen=args.admin_listen, database_url=db.url, redis=RedisSettings(url=redis.url)
-        )
         client = await billing.redis.open()
-        await _seed(db, BalanceStore(client), SiteRegistry(client), origin, args.gift_pv)
+        try:
+            await _seed(db, BalanceStore(client), SiteRegistry(client), origin, args.gift_pv)
+        finally:
+            await client.aclose()
         _, token = await create_token(db, "ops", "demo")
-        billing_runner = web.AppRunner(build_app(billing, db, client), access_log=None)
-        await billing_runner.setup()
-        host, _, port = args.admin_listen.rpartition(":")
-        await web.TCPSite(billing_runner, host, int(port)).start()
-        _banner(args, token)
-        return await supervise(
-            GatewaySettings(
-                listen=args.listen,
-                metrics_listen=args.metrics_listen,
-                redis=RedisSection(url=redis.url),
-                log_level="warning",
-            )
-        )
     finally:
-        if billing_runner is not None:
-            await billing_runner.cleanup()
+        await db.dispose()
+    try:
+        _banner(args, token)
+        return await run_together(gateway, billing)
+    finally:
         await origin_runner.cleanup()
+
+
+async def run_together(gateway: GatewaySettings, billing: BillingSettings) -> int:
+    """``pvgate run``: billing (admin API, consumer, jobs) and the gateway, one machine."""
+    db = Database(billing.database_url)
+    client = await billing.redis.open()
+    runners: list[web.AppRunner] = []
+    try:
+        runners = await start_billing(billing, db, client)
+        return await supervise(gateway)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await client.aclose()
         await db.dispose()
 
 
