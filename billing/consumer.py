@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -56,6 +57,13 @@ USAGE_LAG = Gauge(
 _MAX_COUNT = 2**40
 
 
+@lru_cache(maxsize=65536)
+def _valid_ids(enterprise_id: str, bucket_id: str) -> None:
+    """The key-part rules of metering, checked once per pair seen (entries repeat them)."""
+    validate_enterprise_id(enterprise_id)
+    validate_bucket_id(bucket_id)
+
+
 class BadEntry(ValueError):
     """An entry that no retry can make valid."""
 
@@ -76,8 +84,7 @@ class Entry:
                 stream_id, str(fields["gateway_id"]), int(fields["seq"]), int(fields["ts"]), rows
             )
             for enterprise_id, bucket_id, n in rows:
-                validate_enterprise_id(enterprise_id)
-                validate_bucket_id(bucket_id)
+                _valid_ids(enterprise_id, bucket_id)
                 if not -_MAX_COUNT <= n <= _MAX_COUNT:
                     raise ValueError(f"row count {n} out of range")
         except (KeyError, ValueError, TypeError) as exc:
@@ -134,8 +141,9 @@ async def record_entries(conn: AsyncConnection, dialect: str, entries: Sequence[
     )
     totals: Counter[tuple[str, str, datetime]] = Counter()
     for e in unique:
+        hour = e.hour
         for enterprise_id, bucket_id, n in e.rows:
-            totals[(enterprise_id, bucket_id, e.hour)] += n
+            totals[(enterprise_id, bucket_id, hour)] += n
     rows = [
         {"enterprise_id": k[0], "bucket_id": k[1], "hour": k[2], "pv": n}
         for k, n in totals.items()
