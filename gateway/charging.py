@@ -30,7 +30,7 @@ from gateway.metrics import (
     PV_UNBILLED,
 )
 from gateway.settings import FailureSection
-from metering import BalanceStore, Meter, MeterError
+from metering import BalanceStore, Meter, MeterError, MeterNotSent
 from metering.buckets import Refusal
 from metering.usage import UsageRecorder
 
@@ -141,6 +141,8 @@ class Charger:
                 self._last_error = exc
                 self._breaker.failure()
             log.debug("debit for %s failed: %s", enterprise_id, exc)
+            if isinstance(exc, MeterNotSent):  # never reached Redis: bill it later
+                return self._degraded(enterprise_id, replay=True)
             PV_OUTCOME_UNKNOWN.inc()
             return self._degraded(enterprise_id, replay=False)
         self._breaker.success()

@@ -8,7 +8,9 @@ Redis exceptions never leave this package: they are translated at the edge
     ├── BucketConflict          a bucket id credited again with other terms
     ├── ScriptFailed            a Lua script answered with an error (bad arguments, bug)
     └── MeterUnavailable        Redis could not be reached or failed (connection, cluster)
-        └── MeterTimeout        Redis did not answer within the configured timeout
+        ├── MeterTimeout        Redis did not answer within the configured timeout
+        └── MeterNotSent        refused before it was sent (Redis had just failed): the
+                                debit certainly did not happen
 """
 
 from __future__ import annotations
@@ -48,3 +50,7 @@ class MeterUnavailable(MeterError):
 
 class MeterTimeout(MeterUnavailable):
     """Redis did not answer within the metering timeout."""
+
+
+class MeterNotSent(MeterUnavailable):
+    """The debit was never sent to Redis, so no PV was taken."""

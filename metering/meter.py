@@ -8,7 +8,10 @@ oversells.  Every failure reaches the waiters as a `MeterError` within ``timeout
 
 A flush sends at most ``max_pipeline`` enterprises per pipeline, and the pipelines of
 one flush go out concurrently on their own connections, so that Redis runs one group
-while the client is still building or reading another.
+while the client is still building or reading another.  At most ``max_inflight`` rounds
+are in flight: the debits that arrive meanwhile wait and go out together as the next
+round, so the batch grows with the load by itself (the Nagle idea) and a busy gateway
+makes far fewer, larger script calls.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as redis_errors
+from redis.asyncio import ConnectionPool, Redis
 
 from metering import scripts
 from metering.buckets import Debit, Refusal
-from metering.errors import MeterError
+from metering.errors import MeterError, MeterNotSent
 from metering.keys import enterprise_keys
 from metering.metrics import METER_BATCH_SIZE, METER_DURATION, REDIS_ERRORS
 from metering.scripts import RedisClient
@@ -56,14 +60,25 @@ class Meter:
         timeout: float = 0.05,
         max_batch: int = 256,
         max_pipeline: int = 64,
+        max_inflight: int = 2,
     ) -> None:
-        if timeout <= 0 or max_batch < 1 or max_pipeline < 1:
-            raise ValueError("timeout, max_batch and max_pipeline must be positive")
+        if timeout <= 0 or min(max_batch, max_pipeline, max_inflight) < 1:
+            raise ValueError("timeout, max_batch, max_pipeline and max_inflight must be positive")
         self._client = client
         self._timeout = timeout
         self._max_batch = max_batch
         self._max_pipeline = max_pipeline
         self._pending: dict[str, Waiters] = {}
+        self._max_inflight = max_inflight
+        self._inflight = 0
+        # A single node with one round at a time: the Meter keeps a connection of its own.
+        self._pool: ConnectionPool | None = None
+        if isinstance(client, Redis):
+            self._pool = client.connection_pool
+        self._conn: Any = None
+        self._conn_busy = False
+        self._pending_since = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -75,16 +90,61 @@ class Meter:
         enterprise_keys(enterprise_id)  # validates (cached) before anything is queued
         loop = asyncio.get_running_loop()
         future: asyncio.Future[DebitResult] = loop.create_future()
+        if not self._pending:
+            self._pending_since = loop.time()
         waiters = self._pending.get(enterprise_id)
         if waiters is None:
             self._pending[enterprise_id] = [future]
         else:
             waiters.append(future)
         if not self._scheduled:
-            self._scheduled = True
-            # Runs after every callback already ready in this turn has queued its debit.
-            loop.call_soon(self._flush)
+            if self._inflight < self._max_inflight:
+                self._scheduled = True
+                # Runs after every callback already ready in this turn has queued its debit.
+                loop.call_soon(self._flush)
+            elif self._watchdog is None:
+                # Every round is in flight: if none comes back in time, these waiters fail
+                # within the timeout too, rather than after a stuck round's.
+                self._watchdog = loop.call_later(self._timeout, self._expire_pending)
         return await future
+
+    def _expire_pending(self) -> None:
+        self._watchdog = None
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            error = MeterNotSent("no round of debits came back from Redis in time")
+            for waiters in pending.values():
+                _fail(waiters, error)
+
+    async def _on_own_connection(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
+        """The round on the Meter's own connection to a single node: one write, n reads.
+
+        One round at a time uses it (a round that overlaps goes through the pool), and the
+        pool's checkout, health check and retry layers — half the client's cost of a call
+        — are skipped.  Any failure mid-round drops the connection: its next use
+        reconnects with nothing half-read on it.
+        """
+        assert self._pool is not None
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        packed = conn.pack_commands(
+            ("EVALSHA", scripts.DEBIT_PV.sha, 4, *enterprise_keys(e), n) for e, n in calls
+        )
+        replies: list[Any] = []
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            for _ in calls:
+                try:
+                    replies.append(await conn.read_response())
+                except redis_errors.ResponseError as exc:  # an error reply, read in full
+                    replies.append(exc)
+        except BaseException:
+            self._conn = None
+            await conn.disconnect(nowait=True)
+            await self._pool.release(conn)
+            raise
+        return replies
 
     async def prepare(self) -> None:
         """Load the scripts the Meter calls (on every master), before the first request."""
@@ -95,20 +155,62 @@ class Meter:
         """Wait for the batches in flight (and the give-backs of abandoned grants)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._conn is not None and self._pool is not None:
+            conn, self._conn = self._conn, None
+            await self._pool.release(conn)
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if not self._pending:
+            return
+        # The round has what is left of the timeout of its longest-waiting debit.
+        budget = self._timeout - (asyncio.get_running_loop().time() - self._pending_since)
         pending, self._pending = self._pending, {}
         items = list(pending.items())
-        for start in range(0, len(items), self._max_pipeline):
-            self._spawn(self._send(items[start : start + self._max_pipeline]))
+        size = self._max_pipeline
+        groups = [items[start : start + size] for start in range(0, len(items), size)]
+        self._inflight += 1
+        self._spawn(self._send_all(groups, max(budget, 0.001)))
+
+    async def _send_all(self, groups: list[list[tuple[str, Waiters]]], budget: float) -> None:
+        try:
+            if len(groups) == 1 and self._pool is not None and not self._conn_busy:
+                # The usual round, on a single node: on the Meter's own connection.
+                self._conn_busy = True
+                try:
+                    failed = await self._send(groups[0], budget, direct=True)
+                finally:
+                    self._conn_busy = False
+            elif len(groups) == 1:
+                failed = await self._send(groups[0], budget)
+            else:  # a wide round: groups overlap on pooled connections
+                failed = any(await asyncio.gather(*(self._send(g, budget) for g in groups)))
+        finally:
+            self._inflight -= 1
+        if failed and self._pending:
+            # Redis just failed a round: the debits that queued behind it fail with it
+            # instead of waiting for a timeout of their own.
+            pending, self._pending = self._pending, {}
+            error = MeterNotSent("Redis failed the previous round of debits")
+            for waiters in pending.values():
+                _fail(waiters, error)
+        elif self._pending and not self._scheduled:
+            # What queued while this round was in flight goes now, as one bigger round.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, group: Sequence[tuple[str, Waiters]]) -> None:
+    async def _send(
+        self, group: Sequence[tuple[str, Waiters]], budget: float, direct: bool = False
+    ) -> bool:
+        """One pipelined round for a group of enterprises; True if Redis failed it."""
         calls: list[tuple[str, int]] = []  # (enterprise, n) per script call, in order
         for enterprise_id, waiters in group:
             for start in range(0, len(waiters), self._max_batch):
@@ -116,24 +218,32 @@ class Meter:
                 calls.append((enterprise_id, n))
                 METER_BATCH_SIZE.observe(n)
         started = time.perf_counter()
+        # The waiters learn of a timeout at the deadline itself, not when the client has
+        # finished cancelling its work (a cluster client may take a while to unwind).
+        expiry = _Expiry(group, len(calls))
+        timer = asyncio.get_running_loop().call_later(budget, expiry)
         try:
-            async with asyncio.timeout(self._timeout):
-                replies = await self._execute(calls)
-        except (TimeoutError, redis_errors.RedisError) as exc:
-            error = scripts.translate(exc, f"debit of {len(calls)} batches")
-            for _, waiters in group:
-                _fail(waiters, error)
-            return
+            async with asyncio.timeout(budget):
+                replies = await self._execute(calls, direct)
+        except Exception as exc:  # whatever the client raised, no waiter may be left hanging
+            timer.cancel()
+            if not expiry.fired:
+                error = scripts.translate(exc, f"debit of {len(calls)} batches")
+                for _, waiters in group:
+                    _fail(waiters, error)
+            return True
         finally:
+            timer.cancel()
             METER_DURATION.observe(time.perf_counter() - started)
         index = 0
         for enterprise_id, waiters in group:
             count = -(-len(waiters) // self._max_batch)
             self._resolve(enterprise_id, waiters, replies[index : index + count])
             index += count
+        return False
 
-    async def _execute(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
-        replies = await self._pipeline(calls)
+    async def _execute(self, calls: Sequence[tuple[str, int]], direct: bool) -> list[Any]:
+        replies = await self._pipeline(calls, direct)
         for _ in range(_NOSCRIPT_ATTEMPTS):
             missing = [
                 i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
@@ -145,12 +255,14 @@ class Meter:
             # together; the grants still go to the earliest waiters (see _resolve).
             REDIS_ERRORS.labels("noscript").inc()
             await self._client.script_load(scripts.DEBIT_PV.source)
-            again = await self._pipeline([calls[i] for i in missing])
+            again = await self._pipeline([calls[i] for i in missing], direct)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
+    async def _pipeline(self, calls: Sequence[tuple[str, int]], direct: bool) -> list[Any]:
+        if direct:
+            return await self._on_own_connection(calls)
         if len(calls) == 1:
             # One call (one enterprise, the common case behind one site) skips the cost
             # of a Pipeline object; its error comes back in place, as a pipeline's would.
@@ -208,10 +320,23 @@ class Meter:
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
                 back = await scripts.call(self._client, scripts.GIVE_BACK_PV, keys, (bucket_id, k))
-        except (TimeoutError, redis_errors.RedisError) as exc:
+        except Exception as exc:  # a failed give-back is counted, never raised
             scripts.translate(exc, f"give back {k} PV to {enterprise_id}/{bucket_id}")
             return 0
         return int(back)
+
+
+class _Expiry:
+    """Fails a round's waiters with a timeout at its deadline (once)."""
+
+    def __init__(self, group: Sequence[tuple[str, Waiters]], calls: int) -> None:
+        self.group, self.calls, self.fired = group, calls, False
+
+    def __call__(self) -> None:
+        self.fired = True
+        error = scripts.translate(TimeoutError(), f"debit of {self.calls} batches")
+        for _, waiters in self.group:
+            _fail(waiters, error)
 
 
 def _fail(waiters: Waiters, error: Exception) -> None:

@@ -56,7 +56,7 @@ class BalanceStore:
         try:
             async with asyncio.timeout(self._timeout):
                 return await scripts.call(self._client, script, keys, args)
-        except (TimeoutError, redis_errors.RedisError) as exc:
+        except (TimeoutError, redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
             raise scripts.translate(exc, f"{script.name} {enterprise_id}") from exc
 
     async def credit(self, enterprise_id: str, spec: BucketSpec) -> bool:

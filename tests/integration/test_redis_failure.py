@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from redis.crc import key_slot
 
-from metering import BalanceStore, Meter, MeterError, MeterTimeout
+from metering import BalanceStore, Meter, MeterError, MeterNotSent, MeterTimeout
 from metering.embedded import RedisClusterServers, RedisServer
 from metering.keys import enterprise_keys
 from metering.scripts import RedisClient
@@ -24,8 +24,10 @@ from tests.conftest import cluster_client, single_client
 from tests.helpers import package
 
 TIMEOUT = 0.05
-# Event-loop scheduling on a busy 2-core machine; the error must not wait for Redis.
-SLACK = 0.1
+# What the event loop of a busy 2-core machine adds; the error must not wait for Redis
+# (whose own socket timeout is a second or more), and most must come at the timeout.
+SLACK = 0.25
+TYPICAL_SLACK = 0.05
 ENTERPRISE = "fragile"
 
 
@@ -57,7 +59,16 @@ async def rig(request) -> AsyncIterator[Rig]:
 class Tally:
     granted: int = 0
     errors: int = 0
-    slowest_error: float = 0.0
+    error_delays: list[float] = field(default_factory=list)
+
+    @property
+    def slowest_error(self) -> float:
+        return max(self.error_delays, default=0.0)
+
+    @property
+    def typical_error(self) -> float:
+        ordered = sorted(self.error_delays)
+        return ordered[int(len(ordered) * 0.9) - 1] if ordered else 0.0
     error_kinds: set[str] = field(default_factory=set)
 
 
@@ -72,7 +83,7 @@ async def drive(meter: Meter, tally: Tally, until: asyncio.Event, callers: int =
             except MeterError as exc:
                 tally.errors += 1
                 tally.error_kinds.add(type(exc).__name__)
-                tally.slowest_error = max(tally.slowest_error, time.perf_counter() - started)
+                tally.error_delays.append(time.perf_counter() - started)
                 await asyncio.sleep(0.005)
                 continue
             assert result.granted, result
@@ -105,8 +116,11 @@ async def test_hung_redis_fails_within_the_timeout(rig):
     stop.set()
     await driving
     await meter.aclose()
-    assert tally.error_kinds == {MeterTimeout.__name__}
+    # The round that hung times out; debits queued behind it fail at once, never sent.
+    assert MeterTimeout.__name__ in tally.error_kinds
+    assert tally.error_kinds <= {MeterTimeout.__name__, MeterNotSent.__name__}
     assert tally.slowest_error <= TIMEOUT + SLACK, tally.slowest_error
+    assert tally.typical_error <= TIMEOUT + TYPICAL_SLACK, tally.typical_error
 
 
 @pytest.mark.timeout(120)
@@ -119,6 +133,7 @@ async def test_killed_redis_fails_fast_and_the_meter_recovers(rig):
     rig.victim.kill()
     await wait_for(lambda: tally.errors >= 50, 10)
     assert tally.slowest_error <= TIMEOUT + SLACK, tally.slowest_error
+    assert tally.typical_error <= TIMEOUT + TYPICAL_SLACK, tally.typical_error
     errors_while_down = tally.errors
 
     rig.victim.start()  # same port, same directory: the AOF brings the balance back
