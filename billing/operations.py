@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -161,6 +161,8 @@ async def pay_order(
     buckets again, which the credit script ignores — so a crash after the commit and
     before the credits is healed by retrying.
     """
+    if not datetime(1970, 1, 1, tzinfo=UTC) <= paid_at <= datetime.now(UTC) + timedelta(days=1):
+        raise ValidationFailed("paid_at", f"{paid_at.isoformat()} is not a possible payment time")
     try:
         async with db.begin() as conn:
             state = await get_order(conn, order_id)

@@ -128,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
     configure_logging("warning")
     workdir = Path(args.dir).resolve()
     (workdir / "redis").mkdir(parents=True, exist_ok=True)
-    redis = RedisServer(aof=True, directory=workdir / "redis").start()
+    redis = RedisServer(aof=True, directory=workdir / "redis", aof_name="demo.aof").start()
     try:
         return asyncio.run(_run(args, workdir, redis))
     finally:

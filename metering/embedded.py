@@ -56,7 +56,14 @@ class RedisServer:
     Use as a context manager, or call `start` and `stop`.
     """
 
-    def __init__(self, *, aof: bool = False, cluster: bool = False, directory: Path | None = None):
+    def __init__(
+        self,
+        *,
+        aof: bool = False,
+        cluster: bool = False,
+        directory: Path | None = None,
+        aof_name: str | None = None,
+    ):
         self.port = free_port(cluster)
         self.host = "127.0.0.1"
         self.dir = directory or Path(tempfile.mkdtemp(prefix="pvgate-redis-"))
@@ -82,8 +89,10 @@ class RedisServer:
                 "yes",
                 "--appendfsync",
                 "always",
+                # Named by port where nodes share a directory; a fixed name lets a
+                # server started again on another port find its data.
                 "--appendfilename",
-                f"appendonly-{self.port}.aof",
+                aof_name or f"appendonly-{self.port}.aof",
             ]
         else:
             self.args += ["--appendonly", "no"]

@@ -7,15 +7,15 @@ Asking for an enterprise outside the scope answers 404, as for any other tenant'
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from billing.api.auth import enterprise_scope, fetch_visible_enterprise
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id
+from billing.api.framework import Api, ApiModel, Id, QueryTime
 from billing.schema import audit_log
 
 api = Api()
@@ -23,20 +23,13 @@ api = Api()
 
 class AuditQuery(ApiModel):
     enterprise_id: Id | None = Field(default=None, description="only rows about this enterprise")
-    since: datetime | None = Field(
+    since: QueryTime | None = Field(
         default=None, description="ISO 8601, inclusive; without an offset it is UTC"
     )
-    until: datetime | None = Field(
+    until: QueryTime | None = Field(
         default=None, description="ISO 8601, exclusive; without an offset it is UTC"
     )
     limit: int = Field(default=100, ge=1, le=1000)
-
-    @field_validator("since", "until")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
     @model_validator(mode="after")
     def _ordered(self) -> AuditQuery:

@@ -26,7 +26,7 @@ from billing.api.errors import (
     Unauthorized,
     Unavailable,
 )
-from billing.errors import BillingError, NotFound
+from billing.errors import BillingError, NotFound, ValidationFailed
 
 log = logging.getLogger("pvgate.billing.api")
 
@@ -71,11 +71,30 @@ def translate(exc: Exception, request_id: str) -> BillingError:
         # Routes check what they can first; this is the race they cannot see.
         log.info("request %s: constraint refused a write: %s", request_id, exc.orig)
         return StoreConflict()
+    if _sqlstate(exc).startswith("22"):
+        # A data exception (SQLSTATE class 22): a value the database cannot store, such
+        # as a NUL character in PostgreSQL text.  The client's input, not a bug.
+        log.info("request %s: value refused by the database: %s", request_id, exc)
+        return ValidationFailed("body", "a value cannot be stored (invalid characters?)")
+    if isinstance(exc, OverflowError):
+        return ValidationFailed("body", "a date or number is out of range")
     if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | OSError | TimeoutError):
         log.warning("request %s: ledger database unavailable: %r", request_id, exc)
         return Unavailable()
     log.error("request %s: unhandled exception", request_id, exc_info=exc)
     return InternalError(f"internal error; quote request id {request_id} when reporting it")
+
+
+def _sqlstate(exc: Exception) -> str:
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return ""
+    orig = exc.orig
+    # asyncpg keeps it on the driver's exception, under the adapter's wrapper.
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return ""
 
 
 def request_id_of(request: web.Request) -> str:

@@ -31,11 +31,20 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+    create_model,
+)
 
 from billing.api.auth import KINDS, Kind, Principal, authenticate, bearer_token
 from billing.api.context import BILLING_DB, IDEMPOTENCY, PRINCIPALS, RequestContext
@@ -53,6 +62,30 @@ Id = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
 """A ledger id (enterprise, order, partner…) as a path parameter or field."""
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _utc_in_range(value: datetime) -> datetime:
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("date out of range") from exc
+    if not _EARLIEST <= value < _LATEST:
+        raise ValueError("date must fall between 1970 and 9000")
+    return value
+
+
+def _naive_is_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]
+"""An ISO 8601 time with its offset (a payment, an expiry), within what the ledger stores."""
+
+QueryTime = Annotated[datetime, AfterValidator(_naive_is_utc), AfterValidator(_utc_in_range)]
+"""A time bound of a query: without an offset it is UTC."""
 
 Handler = Callable[..., Awaitable[Any]]
 H = TypeVar("H", bound=Handler)

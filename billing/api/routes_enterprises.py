@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from billing import operations
 from billing.api import services
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id
+from billing.api.framework import Api, ApiModel, Id, QueryTime, Timestamp
 from billing.errors import ValidationFailed
 from billing.schema import usage
 from metering.buckets import from_ms
@@ -166,7 +166,7 @@ class GiftIn(ApiModel):
     pv: int = Field(ge=1, le=100_000_000)
     reason: str = Field(min_length=1, max_length=500)
     order_id: Id | None = None
-    expires_at: datetime | None = None
+    expires_at: Timestamp | None = None
 
 
 class GiftOut(ApiModel):
@@ -191,8 +191,6 @@ class GiftOut(ApiModel):
 )
 async def grant_gift(ctx: RequestContext, body: GiftIn, enterprise_id: Id) -> GiftOut:
     """Gift PV are used before purchased PV; a gift tied to an order is voided by its refund."""
-    if body.expires_at is not None and body.expires_at.tzinfo is None:
-        raise ValidationFailed("expires_at", "needs a UTC offset")
     row = await operations.grant_gift(
         ctx.db,
         services.store(ctx),
@@ -253,8 +251,8 @@ async def adjust(ctx: RequestContext, body: AdjustmentIn, enterprise_id: Id) -> 
 
 class UsageQuery(ApiModel):
     granularity: Literal["hour", "day"] = "day"
-    since: datetime | None = None
-    until: datetime | None = None
+    since: QueryTime | None = None
+    until: QueryTime | None = None
 
 
 class UsageRow(ApiModel):
@@ -281,8 +279,8 @@ async def get_usage(
 ) -> UsageOut:
     """PV used per hour or per day (UTC) and bucket, as the ledger has it (default: 31 days)."""
     await services.visible_enterprise(ctx, enterprise_id)
-    until = _utc(query.until) or datetime.now(UTC)
-    since = _utc(query.since) or until - timedelta(days=31)
+    until = query.until or datetime.now(UTC)
+    since = query.since or max(until - timedelta(days=31), datetime(1970, 1, 1, tzinfo=UTC))
     if since >= until:
         raise ValidationFailed("since", "must be before until")
     async with ctx.db.engine.connect() as conn:
@@ -306,9 +304,3 @@ async def get_usage(
         granularity=query.granularity,
         items=[UsageRow(period=p, bucket_id=b, pv=n) for (p, b), n in totals.items()],
     )
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictBool, StrictInt
 
 from billing import operations, refunding
 from billing.api import services
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id
+from billing.api.framework import Api, ApiModel, Id, Timestamp
 from billing.errors import ValidationFailed
 from billing.ledger import OrderState
 from billing.rules.pricing import get_sku, quote_interop, quote_packages
@@ -82,8 +82,8 @@ class OrderIn(ApiModel):
     enterprise_id: Id
     id_type: Literal["qidian", "wecom"]
     sku: str = Field(min_length=1, max_length=32)
-    quantity: int = Field(ge=1, le=10_000)
-    agreement_accepted: bool
+    quantity: StrictInt = Field(ge=1, le=10_000)
+    agreement_accepted: StrictBool = Field(description="must be true (SPEC §2)")
     voucher: str | None = Field(default=None, max_length=64)
 
 
@@ -165,7 +165,7 @@ async def get_order(ctx: RequestContext, body: None, order_id: Id) -> OrderOut:
 
 class PaymentIn(ApiModel):
     reference: str = Field(min_length=1, max_length=128, description="the payment provider's")
-    paid_at: datetime | None = Field(default=None, description="default: now")
+    paid_at: Timestamp | None = Field(default=None, description="default: now")
 
 
 @api.route(
@@ -179,9 +179,10 @@ class PaymentIn(ApiModel):
 )
 async def pay_order(ctx: RequestContext, body: PaymentIn, order_id: Id) -> OrderOut:
     """Idempotent: a second confirmation credits no second set of buckets."""
-    paid_at = body.paid_at or datetime.now(UTC)
-    if paid_at.tzinfo is None:
-        raise ValidationFailed("paid_at", "needs a UTC offset")
+    now = datetime.now(UTC)
+    paid_at = body.paid_at or now
+    if paid_at > now + timedelta(days=1):
+        raise ValidationFailed("paid_at", "a payment cannot be confirmed in the future")
     await services.visible_order(ctx, order_id)
     state = await operations.pay_order(
         ctx.db,
