@@ -51,9 +51,8 @@ import sys
 import tempfile
 import time
 import traceback
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,11 +63,10 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from benchmarks.common import event_loop
 from billing.consumer import DEAD_LETTER_STREAM, GROUP, UsageConsumer
-from billing.db import Database, async_url
+from billing.db import Database, scratch_database
 from billing.schema import usage, usage_batches
 from metering.embedded import RedisServer
 from metering.keys import USAGE_STREAM
@@ -155,21 +153,9 @@ async def fresh_ledger(tmp: Path, pg_url: str | None, label: str) -> AsyncIterat
         finally:
             await db.dispose()
         return
-    admin = create_async_engine(async_url(pg_url), isolation_level="AUTOCOMMIT")
-    name = f"pvgate_bench_{uuid.uuid4().hex[:16]}"
-    try:
-        async with asyncio.timeout(10), admin.connect() as conn:
-            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        db = Database(make_url(pg_url).set(database=name).render_as_string(hide_password=False))
-        try:
-            await db.migrate()
-            yield db
-        finally:
-            await db.dispose()
-            async with admin.connect() as conn:
-                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
+    async with scratch_database(pg_url, "pvgate_bench") as db:
+        await db.migrate()
+        yield db
 
 
 async def fill_stream(redis: Redis, work: Workload) -> float:
@@ -346,14 +332,6 @@ def print_summary(result: dict[str, Any], databases: Sequence[str]) -> None:
         met = "met" if part["target_met"] else "NOT met"
         print(f"{db:<11}rows/s {rates}   ingest_ratio = {ratio}   target >= {TARGET:g}   {met}")
     print("all runs valid" if result["valid"] else "INVALID: see the runs above")
-
-
-def event_loop() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
-    try:
-        import uvloop
-    except ImportError:
-        return None, "asyncio"
-    return uvloop.new_event_loop, "uvloop"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
+from benchmarks.common import event_loop
 from metering import scripts
 from metering.buckets import BucketKind, BucketSpec
 from metering.embedded import RedisServer
@@ -320,14 +321,6 @@ def print_ratios(result: dict[str, Any]) -> None:
         met = "met" if result["targets_met"][key] else "NOT met"
         print(f"{key:<13}= {shown:>7}   target >= {target:g}   {met}")
     print("all scenarios valid" if result["valid"] else "INVALID run: see the scenarios above")
-
-
-def event_loop() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
-    try:
-        import uvloop
-    except ImportError:
-        return None, "asyncio"
-    return uvloop.new_event_loop, "uvloop"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ migrations; `Database.check_schema` refuses to run on an out-of-date schema.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from billing.errors import BillingError
@@ -64,6 +66,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str, prefix: str) -> AsyncIterator[Database]:
+    """A new, empty PostgreSQL database on ``server_url``'s server, dropped afterwards.
+
+    For tests and benchmarks that need a database of their own; raises (OSError,
+    TimeoutError, DBAPIError) when the server cannot make one.
+    """
+    admin = create_async_engine(async_url(server_url), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    try:
+        async with asyncio.timeout(10), admin.connect() as conn:
+            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        db = Database(make_url(server_url).set(database=name).render_as_string(hide_password=False))
+        try:
+            yield db
+        finally:
+            await db.dispose()
+            async with admin.connect() as conn:
+                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await admin.dispose()
 
 
 class Database:

@@ -9,20 +9,16 @@ node, flushed first; ``store`` a `BalanceStore` on it; ``audit`` a `SystemAudito
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from redis.asyncio import Redis
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from billing.audit import SystemAuditor
-from billing.db import Database, async_url
+from billing.db import Database, scratch_database
 from metering import BalanceStore
 from metering.embedded import RedisServer
 from tests.conftest import single_client
@@ -43,22 +39,15 @@ async def _postgres() -> AsyncIterator[Database]:
     url = os.environ.get(POSTGRES_ENV)
     if not url:
         pytest.skip(f"{SKIP_POSTGRES} (unset)")
-    admin = create_async_engine(async_url(url), isolation_level="AUTOCOMMIT")
-    name = f"pvgate_t_{uuid.uuid4().hex[:16]}"
+    scratch = scratch_database(url, "pvgate_t")
     try:
-        async with asyncio.timeout(10), admin.connect() as conn:
-            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        db = await scratch.__aenter__()
     except (OSError, TimeoutError, sa.exc.DBAPIError) as exc:
-        await admin.dispose()
         pytest.skip(f"{SKIP_POSTGRES} ({type(exc).__name__}: {exc})")
-    db = Database(make_url(url).set(database=name).render_as_string(hide_password=False))
     try:
         yield db
     finally:
-        await db.dispose()
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+        await scratch.__aexit__(None, None, None)
 
 
 @pytest.fixture(

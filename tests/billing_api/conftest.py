@@ -8,9 +8,7 @@ PostgreSQL case skips, saying why, when that variable is unset or the server doe
 
 from __future__ import annotations
 
-import asyncio
 import os
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,12 +19,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiohttp import test_utils
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from billing.api.app import create_admin_app
 from billing.api.auth import create_token
-from billing.db import Database, async_url
+from billing.db import Database, scratch_database
 from billing.schema import enterprises, partners
 from tests.billing_api import demo
 
@@ -46,23 +42,16 @@ async def _postgres() -> AsyncIterator[Database]:
         pytest.skip(
             f"PostgreSQL case: set {POSTGRES_ENV} (e.g. postgresql://postgres@127.0.0.1/test)"
         )
-    admin = create_async_engine(async_url(url), isolation_level="AUTOCOMMIT")
-    name = f"pvgate_api_{uuid.uuid4().hex[:12]}"
+    scratch = scratch_database(url, "pvgate_api")
     try:
-        async with asyncio.timeout(10), admin.connect() as conn:
-            await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        db = await scratch.__aenter__()
     except (OSError, TimeoutError, sa.exc.DBAPIError) as exc:
-        await admin.dispose()
         pytest.skip(f"PostgreSQL case: no server answers at {POSTGRES_ENV}: {exc!r}")
-    db = Database(make_url(url).set(database=name).render_as_string(hide_password=False))
     try:
         await db.migrate()
         yield db
     finally:
-        await db.dispose()
-        async with admin.connect() as conn:
-            await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.dispose()
+        await scratch.__aexit__(None, None, None)
 
 
 @pytest.fixture(params=[pytest.param("sqlite", id="sqlite"), pytest.param("pg", id="postgresql")])
