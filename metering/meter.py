@@ -11,7 +11,8 @@ one flush go out concurrently on their own connections, so that Redis runs one g
 while the client is still building or reading another.  At most ``max_inflight`` rounds
 are in flight: the debits that arrive meanwhile wait and go out together as the next
 round, so the batch grows with the load by itself (the Nagle idea) and a busy gateway
-makes far fewer, larger script calls.
+makes far fewer, larger script calls; a second round overlaps the first only when it
+is wide (a quarter of ``max_pipeline`` enterprises or more).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Meter:
         self._pending: dict[str, Waiters] = {}
         self._max_inflight = max_inflight
         self._inflight = 0
+        self._wide = max(1, max_pipeline // 4)
         # A single node with one round at a time: the Meter keeps a connection of its own.
         self._pool: ConnectionPool | None = None
         if isinstance(client, Redis):
@@ -98,7 +100,11 @@ class Meter:
         else:
             waiters.append(future)
         if not self._scheduled:
-            if self._inflight < self._max_inflight:
+            if self._inflight == 0 or (
+                # A second round overlaps the first only when it is wide (many
+                # enterprises), where overlapping pays; a narrow one waits and grows.
+                self._inflight < self._max_inflight and len(self._pending) >= self._wide
+            ):
                 self._scheduled = True
                 # Runs after every callback already ready in this turn has queued its debit.
                 loop.call_soon(self._flush)

@@ -183,6 +183,11 @@ class BalanceModel:
         e.adjustments[adjustment_id] = (before, after)
         return before, after
 
+    def recharged_by(self, gift_id: str) -> int:
+        """The PV that voiding this gift charged to packages (0 if none, or not void)."""
+        e = self._entries.get(gift_id)
+        return sum(e.recharged.values()) if e is not None else 0
+
     def set_suspended(self, suspended: bool) -> bool:
         before, self.suspended = self.suspended, suspended
         return before

@@ -69,6 +69,7 @@ class Tally:
     def typical_error(self) -> float:
         ordered = sorted(self.error_delays)
         return ordered[int(len(ordered) * 0.9) - 1] if ordered else 0.0
+
     error_kinds: set[str] = field(default_factory=set)
 
 
