@@ -76,10 +76,3 @@ async def get_order(conn: AsyncConnection, order_id: str) -> OrderState:
         [dict(r) for r in package_rows],
         [dict(r) for r in gift_rows],
     )
-
-
-async def enterprise_packages(conn: AsyncConnection, enterprise_id: str) -> list[dict[str, Any]]:
-    rows = (
-        await conn.execute(sa.select(packages).where(packages.c.enterprise_id == enterprise_id))
-    ).mappings()
-    return [dict(r) for r in rows]

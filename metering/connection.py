@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -20,13 +19,6 @@ class RedisSettings:
     cluster_nodes: tuple[str, ...] = ()
     socket_timeout: float = 1.0
     max_connections: int = 64
-
-    @classmethod
-    def from_value(cls, value: str | Sequence[str], **kwargs: float | int) -> RedisSettings:
-        """A URL string, or a list of ``host:port`` cluster nodes."""
-        if isinstance(value, str):
-            return cls(url=value, **kwargs)  # type: ignore[arg-type]
-        return cls(cluster_nodes=tuple(value), **kwargs)  # type: ignore[arg-type]
 
     async def open(self) -> RedisClient:
         """A client ready for concurrent use.

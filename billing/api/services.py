@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-
-from billing.api.auth import Principal, fetch_visible_enterprise
+from billing.api.auth import fetch_visible_enterprise
 from billing.api.context import RequestContext
 from billing.errors import NotFound
 from billing.ledger import OrderState, get_order
@@ -51,11 +49,3 @@ def id_for_request(ctx: RequestContext, prefix: str) -> str | None:
     if ctx.idempotency_key is None:
         return None
     return id_from_key(prefix, ctx.principal.role, ctx.idempotency_key)
-
-
-def partner_of(principal: Principal) -> str | None:
-    return principal.subject_id if principal.kind == "partner" else None
-
-
-def scalar_list(rows: sa.Result[Any]) -> list[Any]:
-    return list(rows.scalars())
