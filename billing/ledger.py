@@ -11,7 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.errors import NotFound
 from billing.rules.refunds import InvoiceState
-from billing.schema import enterprises, gifts, invoice_events, orders, packages, payments
+from billing.schema import (
+    enterprises,
+    gifts,
+    invoice_events,
+    order_lines,
+    orders,
+    packages,
+    payments,
+)
 
 
 def row_dict(row: sa.Row[Any] | None) -> dict[str, Any] | None:
@@ -32,6 +40,7 @@ class OrderState:
     order: dict[str, Any]
     payment: dict[str, Any] | None
     invoice: InvoiceState
+    lines: list[dict[str, Any]]
     packages: list[dict[str, Any]]
     gifts: list[dict[str, Any]]
 
@@ -64,6 +73,13 @@ async def get_order(conn: AsyncConnection, order_id: str) -> OrderState:
             sa.select(packages).where(packages.c.order_id == order_id).order_by(packages.c.position)
         )
     ).mappings()
+    line_rows = (
+        await conn.execute(
+            sa.select(order_lines)
+            .where(order_lines.c.order_id == order_id)
+            .order_by(order_lines.c.position)
+        )
+    ).mappings()
     gift_rows = (
         await conn.execute(
             sa.select(gifts).where(gifts.c.order_id == order_id).order_by(gifts.c.granted_at)
@@ -73,6 +89,7 @@ async def get_order(conn: AsyncConnection, order_id: str) -> OrderState:
         order,
         payment,
         InvoiceState(last_invoice or "none"),
+        [dict(r) for r in line_rows],
         [dict(r) for r in package_rows],
         [dict(r) for r in gift_rows],
     )

@@ -26,6 +26,7 @@ from billing.schema import (
     enterprises,
     gifts,
     invoice_events,
+    order_lines,
     orders,
     packages,
     payments,
@@ -136,7 +137,20 @@ async def create_order(db: Database, audit: Auditor, request: OrderRequest) -> O
             "created_at": datetime.now(UTC),
         }
         await conn.execute(orders.insert().values(**row))
-        await audit(conn, "order.create", request.enterprise_id, None, row)
+        lines = [
+            {
+                "order_id": order_id,
+                "position": i,
+                "item": line.item,
+                "description": line.description,
+                "quantity": line.quantity,
+                "unit_price_fen": line.unit_price_fen,
+                "amount_fen": line.amount_fen,
+            }
+            for i, line in enumerate(quote.lines)
+        ]
+        await conn.execute(order_lines.insert(), lines)
+        await audit(conn, "order.create", request.enterprise_id, None, {**row, "lines": lines})
         return await get_order(conn, order_id)
 
 

@@ -100,6 +100,18 @@ orders = sa.Table(
     sa.CheckConstraint("amount_fen >= 0 AND voucher_fen >= 0", name="money"),
 )
 
+order_lines = sa.Table(  # what an order buys, as quoted; the order's amount is their sum
+    "order_lines",
+    metadata,
+    sa.Column("order_id", sa.String(64), sa.ForeignKey("orders.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("item", sa.String(64), nullable=False),
+    sa.Column("description", sa.String(200), nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("unit_price_fen", Money, nullable=False),
+    sa.Column("amount_fen", Money, nullable=False),
+)
+
 payments = sa.Table(
     "payments",
     metadata,

@@ -106,6 +106,7 @@ class OrderOut(ApiModel):
     invoice: Literal["none", "issued", "returned"]
     created_at: datetime
     paid_at: datetime | None
+    lines: list[QuoteLineOut]
     packages: list[PackageOut]
     gift_ids: list[str]
 
@@ -122,6 +123,10 @@ def order_out(state: OrderState) -> OrderOut:
         invoice=state.invoice.value,
         created_at=o["created_at"],
         paid_at=state.paid_at,
+        lines=[
+            QuoteLineOut.model_validate({k: x[k] for k in QuoteLineOut.model_fields})
+            for x in state.lines
+        ],
         packages=[
             PackageOut.model_validate({k: p[k] for k in PackageOut.model_fields})
             for p in state.packages
