@@ -79,7 +79,10 @@ async def test_paying_books_packages_and_credits_buckets(
     assert order.order["amount_fen"] == 9_000_000
     [line] = order.lines  # the quoted line is kept with the order
     assert (line["item"], line["quantity"], line["unit_price_fen"], line["amount_fen"]) == (
-        "pv_1m", 3, 3_000_000, 9_000_000
+        "pv_1m",
+        3,
+        3_000_000,
+        9_000_000,
     )
     paid_at = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
     state = await pay_order(
