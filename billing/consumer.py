@@ -55,6 +55,7 @@ USAGE_LAG = Gauge(
 
 # A gateway's count for one bucket in one flush; far below what a BIGINT column holds.
 _MAX_COUNT = 2**40
+_MAX_TS = 2**47  # ms: past the year 6000, and within what datetime can hold
 
 
 @lru_cache(maxsize=65536)
@@ -89,7 +90,11 @@ class Entry:
                     raise ValueError(f"row count {n} out of range")
         except (KeyError, ValueError, TypeError) as exc:
             raise BadEntry(f"entry {stream_id}: {type(exc).__name__}: {exc}") from exc
-        if not 0 < len(entry.gateway_id) <= 128 or not 0 < entry.seq < 2**63 or entry.ts < 0:
+        if (
+            not 0 < len(entry.gateway_id) <= 128
+            or not 0 < entry.seq < 2**63
+            or not 0 <= entry.ts < _MAX_TS
+        ):
             raise BadEntry(f"entry {stream_id}: invalid gateway_id, seq or ts")
         return entry
 
@@ -187,6 +192,9 @@ class UsageConsumer:
                 await self.step()
             except (redis_errors.RedisError, sa.exc.SQLAlchemyError, OSError) as exc:
                 log.warning("usage consumer %s: %s; retrying", self.name, exc)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug must not stop usage from reaching the ledger
+                log.exception("usage consumer %s failed a step; retrying", self.name)
                 await asyncio.sleep(1.0)
 
     async def step(self, *, block: bool = True) -> int:

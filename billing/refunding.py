@@ -237,6 +237,16 @@ async def _book(
             )
         ):
             return
+        # A package is refunded once, whatever the keys: another request (a new key after
+        # a failure, or a concurrent one) may have booked it since this one was quoted.
+        taken = await conn.scalar(
+            sa.select(refund_lines.c.package_id).where(
+                refund_lines.c.package_id.in_([line["package_id"] for line in lines]),
+                refund_lines.c.refund_id != request["id"],
+            )
+        )
+        if taken is not None:
+            raise Conflict(f"package {taken!r} was refunded by another request already")
         await conn.execute(refund_lines.insert(), lines)
         await _book_recharges(conn, state, enterprise_id, recharged, now)
         await conn.execute(

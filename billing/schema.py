@@ -236,7 +236,8 @@ refund_lines = sa.Table(
     "refund_lines",
     metadata,
     sa.Column("refund_id", sa.String(64), sa.ForeignKey("refunds.id"), primary_key=True),
-    sa.Column("package_id", sa.String(128), primary_key=True),
+    # Unique on its own too: a package is refunded once, whatever the request.
+    sa.Column("package_id", sa.String(128), primary_key=True, unique=True),
     sa.Column("paid_cash_fen", Money, nullable=False),
     sa.Column("used_before", Count, nullable=False),
     sa.Column("recharged_pv", Count, nullable=False),

@@ -194,6 +194,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = upstream
     yield
     await upstream.aclose()
+    await app[CHARGER].aclose()  # replays reach the usage recorder before its last flush
     await meter.aclose()
     await usage.aclose()  # the final flush: a graceful stop loses no usage
     await sites.aclose()

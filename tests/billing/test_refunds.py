@@ -361,3 +361,26 @@ async def test_concurrent_requests_with_one_key_refund_once(
     assert all(r.total_refund_fen == 4_500_000 for r in results)
     assert await count(db, refund_completions) == 1
     assert await count(db, balance_entries) == 1
+
+
+async def test_a_failed_request_retried_after_another_key_refunded_the_package_pays_once(
+    db: Database, store: BalanceStore, audit: SystemAuditor, monkeypatch: pytest.MonkeyPatch
+):
+    """Key A is accepted, then Redis fails before the freeze; ops refund with key B; the
+    client's retry with key A must not refund the same package a second time."""
+    state, _gift = await r1_setup(db, store, audit)
+    c = state.packages[2]["id"]
+    real_freeze = store.freeze
+
+    async def redis_fails(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(store, "freeze", real_freeze)
+        raise Killed("Redis failed before the freeze")
+
+    monkeypatch.setattr(store, "freeze", redis_fails)
+    with pytest.raises(Killed):
+        await run(db, store, audit, state, [c], key="key-a")
+    by_b = await run(db, store, audit, state, [c], key="key-b")
+    assert by_b.total_refund_fen == 3_000_000
+    assert await code_of(run(db, store, audit, state, [c], key="key-a")) == "conflict"
+    assert [e["amount_fen"] for e in await rows(db, balance_entries)] == [3_000_000]
+    assert await count(db, refund_completions) == 1
