@@ -169,7 +169,7 @@ async def _proxy(
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     """Redis, sites, Meter, usage recorder and the origin pool, opened and closed in order."""
     settings = app[SETTINGS]
-    client = await settings.redis.settings().open()
+    client = await settings.redis.open()
     app[REDIS] = client
     sites = SiteWatcher(client, settings.sites(), refresh=settings.sites_refresh_ms / 1000)
     await sites.start()

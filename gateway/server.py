@@ -180,7 +180,7 @@ class Supervisor:
         if time.monotonic() - checked_at < 1.0:
             return ok
         try:
-            client = await self.settings.redis.settings().open()
+            client = await self.settings.redis.open()
             try:
                 async with asyncio.timeout(1.0):
                     ok = bool(await client.ping())

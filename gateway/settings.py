@@ -33,22 +33,13 @@ def split_address(value: str, what: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RedisSection:
-    url: str = "redis://127.0.0.1:6379/0"
-    cluster_nodes: tuple[str, ...] = ()
+class RedisSection(RedisSettings):
+    """Where Redis is (`RedisSettings`), plus the deadline of a page view's debit."""
+
     timeout_ms: int = 50
-    max_connections: int = 64
 
     def __post_init__(self) -> None:
-        _positive(self, "timeout_ms", "max_connections")
-
-    def settings(self) -> RedisSettings:
-        return RedisSettings(
-            url=self.url,
-            cluster_nodes=self.cluster_nodes,
-            socket_timeout=max(self.timeout_ms / 1000, 1.0),
-            max_connections=self.max_connections,
-        )
+        _positive(self, "timeout_ms", "max_connections", "socket_timeout")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
