@@ -8,6 +8,7 @@ typed app keys.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -17,6 +18,7 @@ from aiohttp import web
 from redis import exceptions as redis_errors
 
 from gateway import blockpage
+from gateway.admission import Admission
 from gateway.charging import UNMETERED, Blocked, Charger, Granted
 from gateway.classify import is_page_view
 from gateway.metrics import OUTCOME, REQUEST_DURATION
@@ -37,6 +39,7 @@ SITES = web.AppKey("sites", SiteWatcher)
 UPSTREAM = web.AppKey("upstream", Upstream)
 CHARGER = web.AppKey("charger", Charger)
 USAGE = web.AppKey("usage", UsageRecorder)
+ADMISSION = web.AppKey("admission", Admission)
 
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 _HTML = "text/html; charset=utf-8"
@@ -78,9 +81,14 @@ def blocked_response(settings: GatewaySettings, reason: Refusal) -> web.Response
 
 async def handle(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
+    admission = request.app[ADMISSION]
+    if not admission.try_enter() and not await admission.enter():
+        OUTCOME["overloaded"].inc()
+        return _page(503, blockpage.UNAVAILABLE_PAGE, {"Retry-After": "1"})
     try:
         return await _handle(request)
     finally:
+        admission.leave()
         REQUEST_DURATION.observe(time.perf_counter() - started)
 
 
@@ -192,7 +200,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     upstream = Upstream(settings.upstream, settings.limits.max_body_bytes)
     await upstream.start()
     app[UPSTREAM] = upstream
+    reporting = asyncio.create_task(_report(app[ADMISSION]))
     yield
+    reporting.cancel()
     await upstream.aclose()
     await app[CHARGER].aclose()  # replays reach the usage recorder before its last flush
     await meter.aclose()
@@ -201,9 +211,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
+async def _report(admission: Admission) -> None:
+    while True:
+        admission.report()
+        await asyncio.sleep(1.0)
+
+
 def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[SETTINGS] = settings
+    limits = settings.admission
+    app[ADMISSION] = Admission(
+        limits.max_inflight, limits.max_queued, limits.queue_timeout_ms / 1000
+    )
     app.cleanup_ctx.append(_resources)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

@@ -5,17 +5,21 @@
 * A refusal is cached per enterprise for ``blocked_cache`` seconds: page views and the
   other requests of a blocked enterprise are refused without a Redis call, and a top-up
   is seen within that time.
-* Redis failures open a circuit breaker, so a dead Redis costs one timeout, not one per
-  request.  ``fail_closed`` then answers Unavailable (503).  ``fail_open`` serves
-  (Unmetered) up to an allowance per enterprise; views refused by the open breaker never
-  reached Redis and are debited later ("replayed") once Redis answers again, while views
-  whose debit timed out are counted unbilled — they may have been debited, and billing
-  them again could charge twice.
+* Only real Redis failures reach here as errors (the Meter's deadline rule: see
+  `metering.meter`); they open a circuit breaker, so a dead Redis costs one timeout, not
+  one per request.  ``fail_closed`` then answers Unavailable (503).  ``fail_open`` serves
+  (Unmetered) up to an allowance per enterprise.  Views that never reached Redis (refused
+  by the open breaker, or queued behind a failed round) are debited later, "replayed": a
+  background task probes Redis every ``replay_probe_ms`` while views wait, and replays
+  them as soon as it answers, whether or not more page views arrive.  Views whose debit
+  timed out are counted unbilled instead — they may have been debited, and billing them
+  again could charge twice; reconciliation books what Redis counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -113,7 +117,8 @@ class Charger:
         self._blocked: dict[str, tuple[Refusal, float]] = {}
         self._served_unmetered: Counter[str] = Counter()  # toward the allowance
         self._to_replay: Counter[str] = Counter()
-        self._replaying: asyncio.Task[None] | None = None
+        self._probe_interval = failure.replay_probe_ms / 1000
+        self._replayer: asyncio.Task[None] | None = None
         self._last_error: MeterError | None = None
 
     def blocked(self, enterprise_id: str) -> Refusal | None:
@@ -146,10 +151,7 @@ class Charger:
             PV_OUTCOME_UNKNOWN.inc()
             return self._degraded(enterprise_id, replay=False)
         self._breaker.success()
-        if self._to_replay:
-            if self._replaying is None:
-                self._replaying = asyncio.create_task(self._replay())
-        elif self._served_unmetered:
+        if self._served_unmetered and not self._to_replay:
             self._served_unmetered.clear()  # the outage is over: allowances start afresh
         if result.bucket_id is not None:
             PV_DEBITED.inc()
@@ -165,6 +167,8 @@ class Charger:
         self._served_unmetered[enterprise_id] += 1
         if replay:
             self._to_replay[enterprise_id] += 1
+            if self._replayer is None:
+                self._replayer = asyncio.create_task(self._replay_when_back())
         else:
             PV_UNBILLED.labels("debit_outcome_unknown").inc()
         return UNMETERED
@@ -176,31 +180,50 @@ class Charger:
             self._usage.record(enterprise_id, bucket_id, -1)
 
     async def aclose(self) -> None:
-        """At shutdown: finish the replay in progress, then try what is left once."""
-        if self._replaying is not None:
-            await self._replaying
-        if self._to_replay and not self._breaker.open:
+        """At shutdown: stop waiting for Redis, then try once to replay what is left."""
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+            self._replayer = None
+        if self._to_replay and await self._store.ping():
             await self._replay()
 
-    async def _replay(self) -> None:
-        """Debit what fail-open served while the breaker was open, one call per enterprise."""
+    async def _replay_when_back(self) -> None:
+        """While views wait to be replayed: probe Redis, and replay as soon as it answers."""
         try:
-            while self._to_replay and not self._breaker.open:
-                enterprise_id, count = self._to_replay.popitem()
-                try:
-                    debit = await self._store.debit(enterprise_id, count)
-                except MeterError as exc:
-                    # It may have been debited all the same: billing it again could charge
-                    # twice, so these views are counted as unbilled instead.
-                    PV_OUTCOME_UNKNOWN.inc(count)
-                    PV_UNBILLED.labels("replay_failed").inc(count)
-                    log.warning("replay of %d PV for %s failed: %s", count, enterprise_id, exc)
-                    return
-                for bucket_id, n in debit.takes:
-                    self._usage.record(enterprise_id, bucket_id, n)
-                PV_REPLAYED.inc(debit.granted)
-                PV_DEBITED.inc(debit.granted)
-                if count > debit.granted:
-                    PV_UNBILLED.labels(f"replay_{debit.reason}").inc(count - debit.granted)
+            while self._to_replay:
+                # A PING first, every time: a replay sent to a Redis that hangs might run
+                # when it wakes up, and could then be neither billed nor retried.
+                if await self._store.ping():
+                    self._breaker.success()
+                    await self._replay()
+                if self._to_replay:
+                    await asyncio.sleep(self._probe_interval)
+            self._served_unmetered.clear()
         finally:
-            self._replaying = None
+            self._replayer = None
+
+    async def _replay(self) -> None:
+        """Debit what fail-open served unbilled, one call per enterprise."""
+        while self._to_replay:
+            enterprise_id, count = self._to_replay.popitem()
+            try:
+                debit = await self._store.debit(enterprise_id, count)
+            except MeterError as exc:
+                self._breaker.failure()
+                if isinstance(exc, MeterNotSent):
+                    self._to_replay[enterprise_id] += count  # certainly not debited
+                    return
+                # It may have been debited all the same: billing it again could charge
+                # twice, so these views are counted as unbilled instead.
+                PV_OUTCOME_UNKNOWN.inc(count)
+                PV_UNBILLED.labels("replay_failed").inc(count)
+                log.warning("replay of %d PV for %s failed: %s", count, enterprise_id, exc)
+                return
+            for bucket_id, n in debit.takes:
+                self._usage.record(enterprise_id, bucket_id, n)
+            PV_REPLAYED.inc(debit.granted)
+            PV_DEBITED.inc(debit.granted)
+            if count > debit.granted:
+                PV_UNBILLED.labels(f"replay_{debit.reason}").inc(count - debit.granted)

@@ -16,6 +16,7 @@ OUTCOMES = (
     "upstream_error",
     "fail_open",
     "fail_closed",
+    "overloaded",
 )
 REQUESTS = Counter("pvgate_requests_total", "Requests by what the gateway did.", ["outcome"])
 PV_DEBITED = Counter("pvgate_pv_debited_total", "Page views debited from a balance.")
@@ -53,3 +54,18 @@ BREAKER_OPEN = Gauge(
 
 # Children for the hot path, looked up once.
 OUTCOME = {name: REQUESTS.labels(name) for name in OUTCOMES}
+ADMISSION_INFLIGHT = Gauge(
+    "pvgate_admission_inflight",
+    "Requests a worker is handling (admission control's slots in use).",
+    multiprocess_mode="livesum",
+)
+ADMISSION_QUEUED = Gauge(
+    "pvgate_admission_queued",
+    "Requests waiting for an admission slot.",
+    multiprocess_mode="livesum",
+)
+ADMISSION_REFUSED = Counter(
+    "pvgate_admission_refused_total",
+    "Requests refused by admission control with a 503, by reason (queue_full, queue_timeout).",
+    ["reason"],
+)

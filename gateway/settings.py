@@ -73,11 +73,27 @@ class FailureSection:
     allowance_per_enterprise: int = 1000
     breaker_failures: int = 5
     breaker_reset_ms: int = 1000
+    # While fail-open views wait to be debited: how often Redis is probed (a PING).
+    replay_probe_ms: int = 200
 
     def __post_init__(self) -> None:
-        _positive(self, "breaker_failures", "breaker_reset_ms")
+        _positive(self, "breaker_failures", "breaker_reset_ms", "replay_probe_ms")
         if self.allowance_per_enterprise < 0:
             raise ValueError("allowance_per_enterprise must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmissionSection:
+    """How many requests a worker handles at once; the rest queue, then get 503."""
+
+    max_inflight: int = 512
+    max_queued: int = 2048
+    queue_timeout_ms: int = 2000
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_inflight", "queue_timeout_ms")
+        if self.max_queued < 0:
+            raise ValueError("max_queued must be >= 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +137,7 @@ class GatewaySettings:
     upstream: UpstreamSection = field(default_factory=UpstreamSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     failure: FailureSection = field(default_factory=FailureSection)
+    admission: AdmissionSection = field(default_factory=AdmissionSection)
     site: tuple[SiteEntry, ...] = ()
 
     def __post_init__(self) -> None:

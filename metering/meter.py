@@ -13,13 +13,32 @@ are in flight: the debits that arrive meanwhile wait and go out together as the 
 round, so the batch grows with the load by itself (the Nagle idea) and a busy gateway
 makes far fewer, larger script calls; a second round overlaps the first only when it
 is wide (a quarter of ``max_pipeline`` enterprises or more).
+
+The deadline measures Redis, not the gateway (docs/architecture.md §5).  A round's
+``timeout`` starts when the round is written to Redis — time a debit spent queued in the
+worker before that is bounded by the gateway's admission control, never by declaring Redis
+failed — and the time the event loop itself stalled meanwhile (`metering.looplag`) is
+not counted: a saturated loop that reads a reply late is overload, not a failing Redis.
+So a debit fails only for a real Redis failure:
+
+* the connection is refused or reset, or the client raises (`MeterUnavailable`);
+* Redis answers with an error (`ScriptFailed`);
+* the reply is late while the loop is not lagging: ``timeout`` of Redis time has passed
+  since the round was written (`MeterTimeout`) — or, whatever the lag, ``reply_limit``
+  of wall time (20 × ``timeout``, at least 1 s), so that a hung Redis behind a saturated
+  loop still fails;
+* a round failed just before this debit would have been sent (`MeterNotSent`: it was
+  never sent, so no PV was taken).
+
+A reply that arrives is always used: its grants go to the waiters still waiting, and the
+PV granted to waiters already told "timeout" are given back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +49,7 @@ from metering import scripts
 from metering.buckets import Debit, Refusal
 from metering.errors import MeterError, MeterNotSent
 from metering.keys import enterprise_keys
+from metering.looplag import LoopLag
 from metering.metrics import METER_BATCH_SIZE, METER_DURATION, REDIS_ERRORS
 from metering.scripts import RedisClient
 from metering.store import parse_debit
@@ -80,8 +100,7 @@ class Meter:
             self._pool = client.connection_pool
         self._conn: Any = None
         self._conn_busy = False
-        self._pending_since = 0.0
-        self._watchdog: asyncio.TimerHandle | None = None
+        self._lag: LoopLag | None = None
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -93,35 +112,23 @@ class Meter:
         enterprise_keys(enterprise_id)  # validates (cached) before anything is queued
         loop = asyncio.get_running_loop()
         future: asyncio.Future[DebitResult] = loop.create_future()
-        if not self._pending:
-            self._pending_since = loop.time()
         waiters = self._pending.get(enterprise_id)
         if waiters is None:
             self._pending[enterprise_id] = [future]
         else:
             waiters.append(future)
-        if not self._scheduled:
-            if self._inflight == 0 or (
-                # A second round overlaps the first only when it is wide (many
-                # enterprises), where overlapping pays; a narrow one waits and grows.
-                self._inflight < self._max_inflight and len(self._pending) >= self._wide
-            ):
-                self._scheduled = True
-                # Runs after every callback already ready in this turn has queued its debit.
-                loop.call_soon(self._flush)
-            elif self._watchdog is None:
-                # Every round is in flight: if none comes back in time, these waiters fail
-                # within the timeout too, rather than after a stuck round's.
-                self._watchdog = loop.call_later(self._timeout, self._expire_pending)
+        if not self._scheduled and (
+            self._inflight == 0
+            # A second round overlaps the first only when it is wide (many enterprises),
+            # where overlapping pays; a narrow one waits for a round to come back and grows.
+            # Either way it waits for Redis's verdict on the rounds in flight, which the
+            # deadline rule bounds.
+            or (self._inflight < self._max_inflight and len(self._pending) >= self._wide)
+        ):
+            self._scheduled = True
+            # Runs after every callback already ready in this turn has queued its debit.
+            loop.call_soon(self._flush)
         return await future
-
-    def _expire_pending(self) -> None:
-        self._watchdog = None
-        if self._pending:
-            pending, self._pending = self._pending, {}
-            error = MeterNotSent("no round of debits came back from Redis in time")
-            for waiters in pending.values():
-                _fail(waiters, error)
 
     async def _on_own_connection(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
         """The round on the Meter's own connection to a single node: one write, n reads.
@@ -134,7 +141,13 @@ class Meter:
         assert self._pool is not None
         conn = self._conn
         if conn is None:
-            conn = self._conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            except (OSError, redis_errors.ConnectionError) as exc:
+                # Nothing was sent: these debits certainly did not happen.
+                REDIS_ERRORS.labels("connection").inc()
+                raise MeterNotSent(f"cannot connect to Redis: {exc}") from exc
+            self._conn = conn
         packed = conn.pack_commands(
             ("EVALSHA", scripts.DEBIT_PV.sha, 4, *enterprise_keys(e), n) for e, n in calls
         )
@@ -162,44 +175,52 @@ class Meter:
         """Wait for the batches in flight (and the give-backs of abandoned grants)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._lag is not None:
+            self._lag.close()
+            self._lag = None
         if self._conn is not None and self._pool is not None:
             conn, self._conn = self._conn, None
             await self._pool.release(conn)
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
         if not self._pending:
             return
-        # The round has what is left of the timeout of its longest-waiting debit.
-        budget = self._timeout - (asyncio.get_running_loop().time() - self._pending_since)
+        if self._lag is None:
+            self._lag = LoopLag(asyncio.get_running_loop())
         pending, self._pending = self._pending, {}
         items = list(pending.items())
         size = self._max_pipeline
         groups = [items[start : start + size] for start in range(0, len(items), size)]
         self._inflight += 1
-        self._spawn(self._send_all(groups, max(budget, 0.001)))
+        self._spawn(self._send_all(groups, _Round()))
 
-    async def _send_all(self, groups: list[list[tuple[str, Waiters]]], budget: float) -> None:
+    async def _send_all(self, groups: list[list[tuple[str, Waiters]]], round_: _Round) -> None:
+        failed = True
         try:
             if len(groups) == 1 and self._pool is not None and not self._conn_busy:
                 # The usual round, on a single node: on the Meter's own connection.
                 self._conn_busy = True
                 try:
-                    failed = await self._send(groups[0], budget, direct=True)
+                    failed = await self._send(groups[0], round_, direct=True)
                 finally:
                     self._conn_busy = False
             elif len(groups) == 1:
-                failed = await self._send(groups[0], budget)
+                failed = await self._send(groups[0], round_)
             else:  # a wide round: groups overlap on pooled connections
-                failed = any(await asyncio.gather(*(self._send(g, budget) for g in groups)))
+                failed = any(await asyncio.gather(*(self._send(g, round_) for g in groups)))
         finally:
-            self._inflight -= 1
+            self._end_round(round_, failed)
+
+    def _end_round(self, round_: _Round, failed: bool) -> None:
+        """A round came back, or Redis failed it: its slot goes to the debits queued."""
+        if not round_.open:
+            return  # failed at its deadline already; a late reply changes nothing here
+        round_.open = False
+        self._inflight -= 1
         if failed and self._pending:
-            # Redis just failed a round: the debits that queued behind it fail with it
-            # instead of waiting for a timeout of their own.
+            # Redis just failed a round: the debits that queued behind it fail with it,
+            # never sent, instead of waiting for a verdict of their own.
             pending, self._pending = self._pending, {}
             error = MeterNotSent("Redis failed the previous round of debits")
             for waiters in pending.values():
@@ -215,7 +236,7 @@ class Meter:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(
-        self, group: Sequence[tuple[str, Waiters]], budget: float, direct: bool = False
+        self, group: Sequence[tuple[str, Waiters]], round_: _Round, direct: bool = False
     ) -> bool:
         """One pipelined round for a group of enterprises; True if Redis failed it."""
         calls: list[tuple[str, int]] = []  # (enterprise, n) per script call, in order
@@ -225,25 +246,36 @@ class Meter:
                 calls.append((enterprise_id, n))
                 METER_BATCH_SIZE.observe(n)
         started = time.perf_counter()
+        assert self._lag is not None
         # The waiters learn of a timeout at the deadline itself, not when the client has
         # finished cancelling its work (a cluster client may take a while to unwind).
-        expiry = _Expiry(group, len(calls))
-        timer = asyncio.get_running_loop().call_later(budget, expiry)
+        deadline = _Deadline(
+            group,
+            len(calls),
+            self._timeout,
+            self._reply_limit,
+            self._lag,
+            on_fire=lambda: self._end_round(round_, failed=True),
+        )
         try:
             # The round itself may outlive its waiters' deadline (up to _reply_limit): a
             # reply that comes late still reaches _resolve, which gives back the PV it
             # took for waiters already told "timeout" — instead of Redis keeping them.
-            async with asyncio.timeout(max(budget, self._reply_limit)):
+            async with asyncio.timeout(self._reply_limit):
                 replies = await self._execute(calls, direct)
         except Exception as exc:  # whatever the client raised, no waiter may be left hanging
-            timer.cancel()
-            if not expiry.fired:
-                error = scripts.translate(exc, f"debit of {len(calls)} batches")
+            deadline.cancel()
+            if not deadline.fired:
+                error = (
+                    exc
+                    if isinstance(exc, MeterNotSent)
+                    else scripts.translate(exc, f"debit of {len(calls)} batches")
+                )
                 for _, waiters in group:
                     _fail(waiters, error)
             return True
         finally:
-            timer.cancel()
+            deadline.cancel()
             METER_DURATION.observe(time.perf_counter() - started)
         index = 0
         for enterprise_id, waiters in group:
@@ -339,17 +371,58 @@ class Meter:
         return int(back)
 
 
-class _Expiry:
-    """Fails a round's waiters with a timeout at its deadline (once)."""
+class _Round:
+    """One round of debits in flight; ``open`` while it holds one of the in-flight slots."""
 
-    def __init__(self, group: Sequence[tuple[str, Waiters]], calls: int) -> None:
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
+
+
+class _Deadline:
+    """Fails a round's waiters with a timeout once Redis, not the loop, is late (once).
+
+    Armed when the round is written.  When it comes due it subtracts the loop's stall
+    since then from the round's age: while that Redis time is under ``timeout`` (the loop
+    was lagging), it waits for the rest; past ``limit`` of wall time it fires regardless.
+    """
+
+    def __init__(
+        self,
+        group: Sequence[tuple[str, Waiters]],
+        calls: int,
+        timeout: float,
+        limit: float,
+        lag: LoopLag,
+        on_fire: Callable[[], None],
+    ) -> None:
         self.group, self.calls, self.fired = group, calls, False
+        self._on_fire = on_fire
+        self._timeout, self._limit, self._lag = timeout, limit, lag
+        self._started = time.monotonic()
+        self._stall_at_start = lag.stalled()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.Handle = self._loop.call_later(timeout, self._due)
 
-    def __call__(self) -> None:
+    def _due(self) -> None:
+        age = time.monotonic() - self._started
+        redis_time = age - (self._lag.stalled() - self._stall_at_start)
+        if redis_time < self._timeout and age < self._limit:
+            self._timer = self._loop.call_later(self._timeout - redis_time, self._due)
+            return
+        # One more turn first: a reply read in this very turn is used rather than lost.
+        self._timer = self._loop.call_soon(self._fire)
+
+    def _fire(self) -> None:
         self.fired = True
         error = scripts.translate(TimeoutError(), f"debit of {self.calls} batches")
         for _, waiters in self.group:
             _fail(waiters, error)
+        self._on_fire()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _fail(waiters: Waiters, error: Exception) -> None:

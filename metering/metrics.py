@@ -35,3 +35,8 @@ USAGE_DROPPED = Counter(
     "pvgate_usage_dropped_total",
     "PV in usage rows dropped unsent because the pending buffer was full (sum of |n|).",
 )
+LOOP_LAG = Histogram(
+    "pvgate_event_loop_lag_seconds",
+    "How late the event loop ran a 5 ms tick: time the process was too busy to run callbacks.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)

@@ -59,6 +59,14 @@ class BalanceStore:
         except (TimeoutError, redis_errors.RedisError, redis_errors.RedisClusterException) as exc:
             raise scripts.translate(exc, f"{script.name} {enterprise_id}") from exc
 
+    async def ping(self) -> bool:
+        """True if Redis answers a PING (every master of a cluster) within the timeout."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return bool(await self._client.ping())
+        except (TimeoutError, redis_errors.RedisError, redis_errors.RedisClusterException, OSError):
+            return False
+
     async def credit(self, enterprise_id: str, spec: BucketSpec) -> bool:
         """Create a bucket. True if created; False if the same bucket existed already."""
         args = (

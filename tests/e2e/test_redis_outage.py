@@ -50,6 +50,20 @@ async def drive(url: str, load: Load, stop: asyncio.Event, clients: int = 8) -> 
         await asyncio.gather(*(one_client() for _ in range(clients)))
 
 
+async def settled(gw, within: float = 5.0):
+    """The metrics once every view served fail-open is replayed or counted unbilled: the
+    views served in the last moments may still be on their way to Redis."""
+    deadline = time.monotonic() + within
+    while True:
+        metrics = await gw.metrics()
+        fail_open = sample(metrics, "pvgate_requests_total", outcome="fail_open")
+        replayed = sample(metrics, "pvgate_pv_replayed_total")
+        unbilled = sample(metrics, "pvgate_pv_unbilled_total", reason="debit_outcome_unknown")
+        if fail_open == replayed + unbilled or time.monotonic() > deadline:
+            return metrics
+        await asyncio.sleep(0.05)
+
+
 def p99(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[int(len(ordered) * 0.99) - 1]
@@ -91,7 +105,7 @@ async def test_redis_outage_under_load(mode, origin, gateways):
     finally:
         stop.set()
         await driving
-    metrics = await gw.metrics()
+    metrics = await settled(gw)
     used = (await store.snapshot("ent-r")).buckets[0].used
     await client.aclose()
     server.stop()
@@ -121,3 +135,56 @@ async def test_redis_outage_under_load(mode, origin, gateways):
     assert fail_open == replayed + unbilled
     # A debit whose outcome was unknown may have landed before Redis hung.
     assert debited <= used <= debited + unknown
+
+
+async def views(url: str, n: int, statuses: Counter[int]) -> None:
+    headers = {**HTML_HEADERS, "Host": "shop.test"}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(n):
+            async with session.get(f"{url}/", headers=headers) as resp:
+                await resp.read()
+                statuses[resp.status] += 1
+
+
+@pytest.mark.timeout(120)
+async def test_fail_open_views_are_replayed_when_redis_is_back_without_more_traffic(
+    origin, gateways
+):
+    """Default settings: once Redis answers again, a background task debits what fail-open
+    served — no further page view is needed to trigger it."""
+    server = RedisServer(aof=True).start()
+    client = single_client(server)
+    store = BalanceStore(client)
+    await store.credit("ent-r", package("p", 10**6))
+    gw = gateways({"redis": {"url": server.url}, "site": [site(origin, "ent-r")]})
+    await gw.wait_ready()
+    statuses: Counter[int] = Counter()
+    await views(gw.url, 20, statuses)
+    server.kill()
+    await views(gw.url, 200, statuses)  # Redis down: served fail-open
+    assert statuses == {200: 220}
+    down = await gw.metrics()
+    fail_open = sample(down, "pvgate_requests_total", outcome="fail_open")
+    unbilled = sample(down, "pvgate_pv_unbilled_total", reason="debit_outcome_unknown")
+    assert fail_open == 200
+    assert sample(down, "pvgate_pv_replayed_total") == 0
+
+    server.start()  # same address, the AOF keeps the 20 PV debited before
+    back = time.monotonic()
+    deadline = back + 10
+    while True:
+        metrics = await gw.metrics()
+        replayed = sample(metrics, "pvgate_pv_replayed_total")
+        if replayed + unbilled >= fail_open:
+            break
+        assert time.monotonic() < deadline, f"replayed {replayed} of {fail_open - unbilled}"
+        await asyncio.sleep(0.02)
+    delay = time.monotonic() - back
+    print(f"replay done {delay:.3f} s after Redis was back: {replayed:.0f} PV replayed")
+    used = (await store.snapshot("ent-r")).buckets[0].used
+    await client.aclose()
+    server.stop()
+    assert replayed == fail_open - unbilled
+    # Each view was debited once: before the outage, or replayed, or counted unbilled.
+    assert used == 20 + replayed
+    assert sample(metrics, "pvgate_requests_total", outcome="served") == 20

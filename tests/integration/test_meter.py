@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 
+import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from metering import BalanceStore, Meter
+from metering import BalanceStore, Meter, MeterTimeout
 from metering.buckets import Refusal
 from metering.embedded import RedisServer
 from tests.helpers import gift, package
@@ -95,3 +98,52 @@ async def test_script_flush_mid_stream_fails_no_debit(client, servers):
         used += (await store.snapshot(e)).buckets[0].used
     assert used == 6000
     assert sample("pvgate_redis_errors_total", kind="noscript") > noscript_before
+
+
+async def test_a_stalled_event_loop_is_not_a_late_redis(client):
+    """The round's reply waits in the socket while the loop is blocked far past the 50 ms
+    deadline: the deadline counts Redis time only, so every debit is granted."""
+    await BalanceStore(client).credit("stall", package("p", 1000))
+    meter = Meter(client)  # the default 50 ms deadline
+    await meter.debit("stall")  # opens the connections and starts the lag monitor
+    timeouts = sample("pvgate_redis_errors_total", kind="timeout")
+    debits = [asyncio.ensure_future(meter.debit("stall")) for _ in range(100)]
+    for _ in range(3):
+        await asyncio.sleep(0)  # the round is flushed and written
+    time.sleep(0.3)  # noqa: ASYNC251 - the whole loop stalls, as under a burst
+    results = await asyncio.gather(*debits)
+    await meter.aclose()
+    assert all(r.granted for r in results)
+    assert sample("pvgate_redis_errors_total", kind="timeout") == timeouts
+    assert (await BalanceStore(client).snapshot("stall")).buckets[0].used == 101
+
+
+async def test_a_hung_redis_fails_even_while_the_loop_lags():
+    """A lagging loop extends the deadline, but never past the reply limit (1 s)."""
+    with RedisServer() as server:
+        client = Redis(host=server.host, port=server.port, decode_responses=True)
+        await BalanceStore(client).credit("hung", package("p", 1000))
+        meter = Meter(client)
+        assert (await meter.debit("hung")).granted
+        stop = asyncio.Event()
+
+        async def hog() -> None:  # 30 ms of every 35 ms busy
+            while not stop.is_set():
+                time.sleep(0.03)  # noqa: ASYNC251 - a busy loop
+                await asyncio.sleep(0.005)
+
+        hogging = asyncio.create_task(hog())
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(MeterTimeout):
+                await meter.debit("hung")
+            waited = time.monotonic() - started
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+            stop.set()
+            await hogging
+        await meter.aclose()
+        await client.aclose()
+    assert 0.05 < waited < 1.0 + 0.5, waited
