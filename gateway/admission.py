@@ -40,8 +40,8 @@ class Admission:
             return True
         return False
 
-    async def enter(self) -> bool:
-        """Wait for a slot; False when the request is to be refused (queue full, too long)."""
+    def enter_nowait(self) -> bool | asyncio.Future[bool]:
+        """True (admitted) or False (refused) now, or a future of either (queued)."""
         if self.try_enter():
             return True
         if self.queued >= self._max_queued:
@@ -52,19 +52,29 @@ class Admission:
         self._waiters.append(waiter)
         self.queued += 1
         timer = loop.call_later(self._timeout, self._expire, waiter)
+        waiter.add_done_callback(lambda _: timer.cancel())
+        return waiter
+
+    async def enter(self) -> bool:
+        """Wait for a slot; False when the request is to be refused (queue full, too long)."""
+        admitted = self.enter_nowait()
+        if isinstance(admitted, bool):
+            return admitted
         try:
-            admitted = await waiter
+            return await admitted
         except asyncio.CancelledError:
-            if not waiter.done() or waiter.cancelled():
-                self._dequeued()
-            elif waiter.result():
-                self.leave()  # the slot was handed over just as the caller went away
+            self.abandon(admitted)
             raise
-        finally:
-            timer.cancel()
-        if not admitted:
-            ADMISSION_REFUSED.labels("queue_timeout").inc()
-        return admitted
+
+    def abandon(self, waiter: asyncio.Future[bool]) -> None:
+        """The request queued on ``waiter`` went away: give back what it holds, if anything."""
+        if not waiter.done():
+            waiter.cancel()
+            self._dequeued()
+        elif not waiter.cancelled() and waiter.result():
+            self.leave()  # the slot was handed over just as the caller went away
+        elif waiter.cancelled():
+            self._dequeued()
 
     def leave(self) -> None:
         """Give the slot back: to the longest-waiting live request, else to the pool."""
@@ -79,6 +89,7 @@ class Admission:
     def _expire(self, waiter: asyncio.Future[bool]) -> None:
         if not waiter.done():
             waiter.set_result(False)
+            ADMISSION_REFUSED.labels("queue_timeout").inc()
             self._dequeued()
 
     def _dequeued(self) -> None:

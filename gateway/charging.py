@@ -36,6 +36,7 @@ from gateway.metrics import (
 from gateway.settings import FailureSection
 from metering import BalanceStore, Meter, MeterError, MeterNotSent
 from metering.buckets import Refusal
+from metering.meter import DebitResult
 from metering.usage import UsageRecorder
 
 log = logging.getLogger("pvgate.charging")
@@ -119,6 +120,7 @@ class Charger:
         self._to_replay: Counter[str] = Counter()
         self._probe_interval = failure.replay_probe_ms / 1000
         self._replayer: asyncio.Task[None] | None = None
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._last_error: MeterError | None = None
 
     def blocked(self, enterprise_id: str) -> Refusal | None:
@@ -132,13 +134,28 @@ class Charger:
         return entry[0]
 
     async def charge(self, enterprise_id: str) -> Charge:
+        """Charge one page view of ``enterprise_id`` (see `charge_nowait`)."""
+        charge = self.charge_nowait(enterprise_id)
+        if not isinstance(charge, asyncio.Future):
+            return charge
+        with contextlib.suppress(MeterError):
+            await charge
+        return self.settle(enterprise_id, charge)
+
+    def charge_nowait(self, enterprise_id: str) -> Charge | asyncio.Future[DebitResult]:
+        """The charge now (a cached refusal, the breaker open), or the Meter's debit to
+        wait for and hand to `settle`."""
         reason = self.blocked(enterprise_id)
         if reason is not None:
             return Blocked(reason)
         if not self._breaker.allow():
             return self._degraded(enterprise_id, replay=True)
+        return self._meter.debit_nowait(enterprise_id)
+
+    def settle(self, enterprise_id: str, debit: asyncio.Future[DebitResult]) -> Charge:
+        """The charge for a debit that came back (granted, refused, or failed)."""
         try:
-            result = await self._meter.debit(enterprise_id)
+            result = debit.result()
         except MeterError as exc:
             # Every waiter of a failed batch gets the same exception object: the breaker
             # counts failed Redis calls, not the views that were waiting on one.
@@ -173,6 +190,13 @@ class Charger:
             PV_UNBILLED.labels("debit_outcome_unknown").inc()
         return UNMETERED
 
+    def give_back_soon(self, enterprise_id: str, bucket_id: str) -> asyncio.Task[None]:
+        """`give_back` in the background (the caller is a callback, not a coroutine)."""
+        task = asyncio.get_running_loop().create_task(self.give_back(enterprise_id, bucket_id))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+        return task
+
     async def give_back(self, enterprise_id: str, bucket_id: str) -> None:
         """The origin failed to deliver a counted view: its PV goes back to its bucket."""
         if await self._meter.give_back(enterprise_id, bucket_id):
@@ -180,7 +204,9 @@ class Charger:
             self._usage.record(enterprise_id, bucket_id, -1)
 
     async def aclose(self) -> None:
-        """At shutdown: stop waiting for Redis, then try once to replay what is left."""
+        """At shutdown: finish the give-backs, stop waiting for Redis, replay once more."""
+        if self._giving_back:
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
         if self._replayer is not None:
             self._replayer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

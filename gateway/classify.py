@@ -35,21 +35,22 @@ _DOCUMENT_DESTS = frozenset({"document", "iframe"})
 
 
 def is_page_view(method: str, path: str, headers: Mapping[str, str], site: Site) -> bool:
+    """``headers``: the request's header values by lowercase name."""
     if method != "GET" or _is_speculative(headers):
         return False
     if path.lower().endswith(ASSET_SUFFIXES):
         return False
-    dest = headers.get("Sec-Fetch-Dest")
+    dest = headers.get("sec-fetch-dest")
     if dest is not None:
         if dest.lower() not in _DOCUMENT_DESTS:
             return False
-    elif headers.get("Sec-Fetch-Mode") is not None or "text/html" not in headers.get("Accept", ""):
+    elif headers.get("sec-fetch-mode") is not None or "text/html" not in headers.get("accept", ""):
         return False
     return _allowed_by_rules(path, site.include, site.exclude)
 
 
 def _is_speculative(headers: Mapping[str, str]) -> bool:
-    purpose = headers.get("Sec-Purpose") or headers.get("Purpose") or headers.get("X-Moz")
+    purpose = headers.get("sec-purpose") or headers.get("purpose") or headers.get("x-moz")
     return purpose is not None and ("prefetch" in purpose or "prerender" in purpose)
 
 

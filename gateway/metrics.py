@@ -17,6 +17,7 @@ OUTCOMES = (
     "fail_open",
     "fail_closed",
     "overloaded",
+    "client_closed",
 )
 REQUESTS = Counter("pvgate_requests_total", "Requests by what the gateway did.", ["outcome"])
 PV_DEBITED = Counter("pvgate_pv_debited_total", "Page views debited from a balance.")
@@ -54,6 +55,11 @@ BREAKER_OPEN = Gauge(
 
 # Children for the hot path, looked up once.
 OUTCOME = {name: REQUESTS.labels(name) for name in OUTCOMES}
+TIMEOUTS = Counter(
+    "pvgate_client_timeouts_total",
+    "Visitor connections closed by a timeout: idle (keep-alive), header, body, send.",
+    ["kind"],
+)
 ADMISSION_INFLIGHT = Gauge(
     "pvgate_admission_inflight",
     "Requests a worker is handling (admission control's slots in use).",

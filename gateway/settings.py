@@ -58,12 +58,30 @@ class UpstreamSection:
 class LimitsSection:
     max_header_line: int = 8190
     max_headers: int = 100
+    max_head_bytes: int = 65536
     max_body_bytes: int = 10 * 1024 * 1024
+    # Bodies up to this are read whole before the origin is contacted (a page view's
+    # body may not be larger); larger ones stream.
+    request_buffer_bytes: int = 65536
     header_timeout_s: float = 10.0
+    body_idle_timeout_s: float = 10.0
+    body_timeout_s: float = 120.0
+    send_timeout_s: float = 60.0
     shutdown_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
-        _positive(self, "max_header_line", "max_headers", "max_body_bytes", "header_timeout_s")
+        _positive(
+            self,
+            "max_header_line",
+            "max_headers",
+            "max_head_bytes",
+            "max_body_bytes",
+            "request_buffer_bytes",
+            "header_timeout_s",
+            "body_idle_timeout_s",
+            "body_timeout_s",
+            "send_timeout_s",
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,6 +151,8 @@ class GatewaySettings:
     usage_flush_ms: int = 1000
     sites_refresh_ms: int = 1000
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The Server header of the gateway's own responses; "" sends none.
+    server_header: str = "pvgate"
     redis: RedisSection = field(default_factory=RedisSection)
     upstream: UpstreamSection = field(default_factory=UpstreamSection)
     limits: LimitsSection = field(default_factory=LimitsSection)

@@ -1,89 +1,111 @@
-"""One gateway worker process: uvloop, the app, SO_REUSEPORT, graceful SIGTERM."""
+"""One gateway worker process: uvloop, the engine on its SO_REUSEPORT socket, SIGTERM.
+
+The worker opens its long-lived pieces in order — Redis, the site table, the usage
+recorder, the Meter and the Charger, the origin pool — serves with `gateway.engine`, and
+on SIGTERM or SIGINT closes them in reverse: the engine stops accepting and finishes the
+requests in flight (``limits.shutdown_grace_s``), replays reach the usage recorder, and
+the recorder's final flush writes every PV counted (docs/architecture.md §2).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import uvloop
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from redis import exceptions as redis_errors
 
-from gateway.app import SITES, create_app
-from gateway.metrics import OUTCOME
+from gateway.admission import Admission
+from gateway.charging import Charger
+from gateway.engine.origin import OriginPool
+from gateway.engine.server import Engine
+from gateway.policy import Policy
+from gateway.routing import SiteWatcher
 from gateway.settings import GatewaySettings
+from metering import BalanceStore, Meter
 from metering.logs import configure_logging
+from metering.usage import UsageRecorder
 
 log = logging.getLogger("pvgate.worker")
 
 
-class _BadRequestFilter(logging.Filter):
-    """Counts the requests aiohttp refused as malformed, instead of logging each one.
-
-    aiohttp answers them 400 itself and logs them — with a traceback at ERROR, or at DEBUG
-    for a first line that is not HTTP at all (TLS, garbage).  A client sending garbage
-    must not flood the logs, and every such request must still be counted, so the
-    logger lets DEBUG records through to this filter, which counts and drops those and
-    drops anything else below the configured level.
-    """
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
-            OUTCOME["bad_request"].inc()
-            return False
-        return record.levelno >= self.level
-
-
 def run_worker(settings: GatewaySettings, metrics_dir: str, sock: socket.socket) -> None:
     configure_logging(settings.log_level)
-    server_log = logging.getLogger("aiohttp.server")
-    server_log.addFilter(_BadRequestFilter(logging.getLogger().level))
-    server_log.setLevel(logging.DEBUG)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(settings, Path(metrics_dir), sock))
 
 
-async def _serve(settings: GatewaySettings, metrics_dir: Path, sock: socket.socket) -> None:
-    limits = settings.limits
-    app = create_app(settings)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        # aiohttp arms this at connection start too, so it also bounds a client that
-        # trickles its headers and never completes a request.
-        keepalive_timeout=limits.header_timeout_s,
-        max_line_size=limits.max_header_line,
-        max_field_size=limits.max_header_line,
-        max_headers=limits.max_headers,
-        shutdown_timeout=limits.shutdown_grace_s,
+@contextlib.asynccontextmanager
+async def gateway_engine(settings: GatewaySettings) -> AsyncIterator[tuple[Engine, SiteWatcher]]:
+    """The engine and everything it needs, open; closed in order afterwards."""
+    client = await settings.redis.open()
+    sites = SiteWatcher(client, settings.sites(), refresh=settings.sites_refresh_ms / 1000)
+    await sites.start()
+    usage = UsageRecorder(client, settings.identity(), interval=settings.usage_flush_ms / 1000)
+    await usage.start()
+    meter = Meter(client, timeout=settings.redis.timeout_ms / 1000)
+    try:
+        await meter.prepare()  # no NOSCRIPT round trips on the first page views
+    except redis_errors.RedisError as exc:
+        log.warning("could not preload the metering scripts: %s", exc)
+    charger = Charger(
+        meter,
+        BalanceStore(client),
+        usage,
+        settings.failure,
+        blocked_cache=settings.blocked_cache_ms / 1000,
     )
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    limits = settings.admission
+    admission = Admission(limits.max_inflight, limits.max_queued, limits.queue_timeout_ms / 1000)
+    engine = Engine(
+        settings.limits,
+        Policy(settings, sites, charger if settings.metering else None),
+        admission,
+        OriginPool(settings.upstream),
+        server_header=settings.server_header,
+    )
+    reporting = asyncio.create_task(_report(admission))
+    try:
+        yield engine, sites
+    finally:
+        reporting.cancel()
+        await engine.shutdown(settings.limits.shutdown_grace_s)
+        await charger.aclose()  # replays reach the usage recorder before its last flush
+        await meter.aclose()
+        await usage.aclose()  # the final flush: a graceful stop loses no usage
+        await sites.aclose()
+        await client.aclose()
+
+
+async def _report(admission: Admission) -> None:
+    while True:
+        admission.report()
+        await asyncio.sleep(1.0)
+
+
+async def _serve(settings: GatewaySettings, metrics_dir: Path, sock: socket.socket) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    ready = metrics_dir / f"ready-{os.getpid()}"
-    marking = asyncio.create_task(_mark_ready(app, ready))
-    log.info("worker serving on %s", settings.listen)
-    await stop.wait()
-    marking.cancel()
-    ready.unlink(missing_ok=True)
-    log.info("worker stopping: finishing requests in flight, flushing usage")
-    await runner.cleanup()
+    async with gateway_engine(settings) as (engine, sites):
+        await engine.serve(sock)
+        ready = metrics_dir / f"ready-{os.getpid()}"
+        marking = asyncio.create_task(_mark_ready(sites, ready))
+        log.info("worker serving on %s", settings.listen)
+        await stop.wait()
+        marking.cancel()
+        ready.unlink(missing_ok=True)
+        log.info("worker stopping: finishing requests in flight, flushing usage")
 
 
-async def _mark_ready(app: web.Application, ready: Path) -> None:
+async def _mark_ready(sites: SiteWatcher, ready: Path) -> None:
     """Tell the supervisor this worker is ready once its sites are loaded from Redis."""
-    await app[SITES].ready.wait()
+    await sites.ready.wait()
     await asyncio.to_thread(ready.touch)

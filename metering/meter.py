@@ -109,6 +109,10 @@ class Meter:
 
         Raises `MeterError` (unavailable, timeout, script) when Redis cannot answer.
         """
+        return await self.debit_nowait(enterprise_id)
+
+    def debit_nowait(self, enterprise_id: str) -> asyncio.Future[DebitResult]:
+        """`debit` as a future, for callers driven by callbacks rather than coroutines."""
         enterprise_keys(enterprise_id)  # validates (cached) before anything is queued
         loop = asyncio.get_running_loop()
         future: asyncio.Future[DebitResult] = loop.create_future()
@@ -128,7 +132,7 @@ class Meter:
             self._scheduled = True
             # Runs after every callback already ready in this turn has queued its debit.
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     async def _on_own_connection(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
         """The round on the Meter's own connection to a single node: one write, n reads.

@@ -1,0 +1,16 @@
+"""The gateway's HTTP/1.1 engine: `asyncio.Protocol` on both sides, parsed by httptools.
+
+    visitor.py   one client connection: llhttp fed one message at a time, pipelining in
+                 order, timeouts, flow control, the response written back
+    framing.py   where a message's bytes end (head, Content-Length, chunked) before
+                 llhttp sees them; chunk sizes checked against the body limit
+    request.py   the parsed request and its checks (version, Host, framing headers)
+    exchange.py  one request through admission, the policy and the origin
+    origin.py    the keep-alive pool of origin connections and their protocol
+    heads.py     request and response heads built once as bytes (hop-by-hop removed)
+    responses.py the gateway's own responses (status lines, Date, local pages)
+    server.py    the engine of a worker: listening socket, connections, shutdown
+
+The engine knows no business rules: routing, classification, charging, block pages and
+give-back live in `gateway.policy` and `gateway.charging` (docs/architecture.md §4).
+"""

@@ -1,0 +1,471 @@
+"""One request's way through the engine: admission, the policy, the origin, the response.
+
+    start ─ admission ─ Policy.route ─┬─ Local page ─────────────────────────┐
+                                      ├─ ChargeFirst ─ (body) ─ Meter debit ─┤
+                                      └─ Forward ─ (body) ─ origin ─ response ┴─ finished
+
+Callbacks, not a task per request: each step that has to wait (an admission slot, the
+Meter's round, an origin connection) hands the exchange a future and goes on in its done
+callback.  The request body is held until it is whole when it is small (up to
+``request_buffer_bytes``), so that a client that trickles its body never holds an origin
+connection; a larger body streams, within the pool's share for uploads.  A page view's
+body is always read whole before its PV is taken.  The response streams back with
+back-pressure both ways; the origin connection returns to its pool only after a complete
+response that allows keep-alive (docs/architecture.md §4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import httptools
+
+from gateway.engine import heads
+from gateway.engine.origin import Origin, OriginConnection, OriginUnavailable
+from gateway.engine.request import BadRequest, Request
+from gateway.engine.responses import CONTINUE
+from gateway.metrics import UPSTREAM_DURATION
+from gateway.policy import ChargeFirst, Decision, Forward, Local
+
+if TYPE_CHECKING:
+    from gateway.engine.server import Engine
+    from gateway.engine.visitor import VisitorConnection
+
+log = logging.getLogger("pvgate.engine")
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_CHUNK_END = b"0\r\n\r\n"
+
+
+class Exchange:
+    """The state of one request between the visitor and the origin."""
+
+    def __init__(self, engine: Engine, visitor: VisitorConnection, request: Request) -> None:
+        self.engine = engine
+        self.visitor = visitor
+        self.request = request
+        self.response_started = False
+        self._started = time.perf_counter()
+        self._admitted = False
+        self._waiting: asyncio.Future[object] | None = None
+        self._charge_after_body: ChargeFirst | None = None
+        self._forward: Forward | None = None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._body_done = not request.has_body
+        self._streaming = False  # the body goes to the origin as it arrives
+        self._origin: OriginConnection | None = None
+        self._origin_of: Origin | None = None
+        self._conn_was_reused = False
+        self._retried = False
+        self._sent_at = 0.0
+        self._origin_activity = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+        self._response = heads.Response()
+        self._complete = False
+        self._over = False
+
+    # From the visitor ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        admitted = self.engine.admission.enter_nowait()
+        if admitted is True:
+            self._admitted = True
+            self._route()
+        elif admitted is False:
+            self._local(self.engine.policy.overloaded)
+        else:
+            self._wait(admitted, self._on_admission)
+
+    def body(self, data: bytes) -> None:
+        if self._over:
+            return
+        if self._streaming and self._origin is not None:
+            self._send_body(data)
+            return
+        self._body.append(data)
+        self._body_size += len(data)
+        if self._body_size <= self.engine.limits.request_buffer_bytes:
+            return
+        if self._charge_after_body is not None:
+            raise BadRequest(413, "a page view's body is larger than request_buffer_bytes")
+        self.visitor.pause_body()  # until an origin connection is there to take it
+        if self._forward is not None and not self._streaming:
+            self._streaming = True
+            self._acquire()
+
+    def body_end(self) -> None:
+        self._body_done = True
+        if self._over:
+            return
+        if self._charge_after_body is not None:
+            self._charge(self._charge_after_body)
+        elif self._forward is not None:
+            if self._streaming and self._origin is not None:
+                if self.request.chunked:
+                    self._origin.write(_CHUNK_END)
+            elif not self._streaming and self._origin is None and self._waiting is None:
+                self._acquire()
+
+    def visitor_lost(self) -> None:
+        """The client went away: nothing more can be delivered."""
+        forward = self._stop()
+        if forward is not None and not self.response_started:
+            self.engine.policy.client_gone(forward)
+
+    def abort(self) -> None:
+        """The request failed on the client's side (a timeout, a framing error): stop."""
+        forward = self._stop()
+        if forward is not None and not self.response_started:
+            self.engine.policy.finished(forward, failed=True)
+
+    def _stop(self) -> Forward | None:
+        if self._over:
+            return None
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            if not self._admitted:
+                self.engine.admission.abandon(waiting)  # type: ignore[arg-type]
+                self._over = True
+                return None
+        forward = self._forward
+        self._end(reusable=False)
+        return forward
+
+    def visitor_paused(self) -> None:
+        if self._origin is not None and self._origin.transport is not None:
+            self._origin.transport.pause_reading()
+
+    def visitor_resumed(self) -> None:
+        if self._origin is not None and self._origin.transport is not None:
+            self._origin.transport.resume_reading()
+
+    # Deciding ----------------------------------------------------------------------------
+
+    def _wait(self, future: asyncio.Future, then) -> None:  # type: ignore[no-untyped-def,type-arg]
+        self._waiting = future
+        future.add_done_callback(then)
+
+    def _on_admission(self, admitted: asyncio.Future[bool]) -> None:
+        if self._waiting is not admitted:
+            return  # the visitor went away; `visitor_lost` gave the place back
+        self._waiting = None
+        if admitted.cancelled() or not admitted.result():
+            self._local(self.engine.policy.overloaded)
+            return
+        self._admitted = True
+        self._route()
+
+    def _route(self) -> None:
+        decision = self.engine.policy.route(self.request)
+        if not isinstance(decision, ChargeFirst):
+            self._decided(decision)
+        elif self._body_done:
+            self._charge(decision)
+        elif max(self.request.content_length, self._body_size) > (
+            self.engine.limits.request_buffer_bytes
+        ):
+            self.visitor.fail(413, "a page view's body is larger than request_buffer_bytes")
+        else:
+            self._charge_after_body = decision  # charged once the body has arrived
+            self._continue()
+
+    def _charge(self, first: ChargeFirst) -> None:
+        self._charge_after_body = None
+        result = self.engine.policy.charge(first.site)
+        if isinstance(result, asyncio.Future):
+            self._wait(result, lambda debit: self._on_debit(first, debit))
+        else:
+            self._decided(result)
+
+    def _on_debit(self, first: ChargeFirst, debit: asyncio.Future[object]) -> None:
+        decision = self.engine.policy.charged(first.site, debit)  # type: ignore[arg-type]
+        if self._waiting is not debit:  # the visitor went away meanwhile
+            if isinstance(decision, Forward):
+                self.engine.policy.client_gone(decision)
+            return
+        self._waiting = None
+        self._decided(decision)
+
+    def _decided(self, decision: Decision) -> None:
+        if isinstance(decision, Local):
+            self._local(decision)
+            return
+        self._forward = decision
+        self._origin_of = self.engine.pool.origin(decision.site.origin)
+        if self.request.upgrade or self._body_done:
+            self._acquire()
+            return
+        self._continue()
+        limit = self.engine.limits.request_buffer_bytes
+        if self.request.content_length > limit or self._body_size > limit:
+            self._streaming = True
+            self._acquire()
+
+    def _continue(self) -> None:
+        if self.request.expect_continue:
+            self.request.expect_continue = False
+            self.visitor.write(CONTINUE)
+
+    def _local(self, local: Local) -> None:
+        request = self.request
+        keep_alive = request.keep_alive and self._body_done and not self.engine.stopping
+        self.visitor.write(local.page.render(keep_alive, head_only=request.method == "HEAD"))
+        self.engine.policy.sent(local)
+        self._done(keep_alive)
+
+    # The origin ----------------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        assert self._origin_of is not None
+        conn = self.engine.pool.acquire(
+            self._origin_of, upload=self._streaming, fresh=self.request.upgrade or self._retried
+        )
+        if isinstance(conn, OriginConnection):
+            self._send_request(conn)
+        else:
+            self._wait(conn, self._on_origin)
+
+    def _on_origin(self, conn: asyncio.Future[OriginConnection]) -> None:
+        if self._waiting is not conn:  # the visitor went away
+            if not conn.cancelled() and conn.exception() is None:
+                self.engine.pool.release(conn.result(), reusable=True, upload=self._streaming)
+            return
+        self._waiting = None
+        error = conn.exception()
+        if error is None:
+            self._send_request(conn.result())
+        elif isinstance(error, OriginUnavailable):
+            self._origin_failed(error.status, str(error))
+        else:
+            log.error("origin connection failed", exc_info=error)
+            self._origin_failed(502, repr(error))
+
+    def _send_request(self, conn: OriginConnection) -> None:
+        assert self._forward is not None
+        assert self._origin_of is not None
+        self._origin = conn
+        self._conn_was_reused = conn.reused
+        conn.exchange = self
+        self._parser = httptools.HttpResponseParser(self)
+        self._response = heads.Response()
+        request = self.request
+        head = heads.origin_request(request, self._origin_of, self.visitor.peer)
+        body, self._body = self._body, []
+        if request.chunked:
+            parts = [head, *(heads.chunk(b) for b in body if b)]
+            if self._body_done:
+                parts.append(_CHUNK_END)
+        else:
+            parts = [head, *body]
+        conn.write(b"".join(parts))
+        self._sent_at = time.perf_counter()
+        self._origin_activity = time.monotonic()
+        if self._read_timer is None:
+            self._read_timer = asyncio.get_running_loop().call_later(
+                self.engine.read_timeout, self._on_read_timer
+            )
+        if self._streaming and not self._body_done:
+            self.visitor.resume_body()
+
+    def _send_body(self, data: bytes) -> None:
+        assert self._origin is not None
+        self._origin.write(heads.chunk(data) if self.request.chunked else data)
+
+    def origin_paused(self) -> None:
+        if not self._body_done:
+            self.visitor.pause_body()
+
+    def origin_resumed(self) -> None:
+        if not self._body_done:
+            self.visitor.resume_body()
+
+    def _on_read_timer(self) -> None:
+        """The origin must send something within ``read_timeout_ms`` (each time)."""
+        self._read_timer = None
+        if self._over:
+            return
+        timeout = self.engine.read_timeout
+        if self.visitor.write_paused:
+            left = timeout  # the visitor is slow, not the origin (it has its own timeout)
+        else:
+            left = self._origin_activity + timeout - time.monotonic()
+        if left > 0:
+            self._read_timer = asyncio.get_running_loop().call_later(left, self._on_read_timer)
+        else:
+            self.origin_timed_out()
+
+    def origin_data(self, data: bytes) -> None:
+        assert self._parser is not None
+        self._origin_activity = time.monotonic()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._tunnel(data[upgrade.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            self._origin_broke(f"invalid response from the origin: {exc}")
+            return
+        if self._complete:
+            self._finish()
+
+    def origin_lost(self, exc: Exception | None) -> None:
+        """The origin closed: the end of a body read until close, or a failure."""
+        if self._over:
+            return
+        response = self._response
+        if response.until_close and not self._complete:
+            self._complete = True
+            response.keep_origin = False
+            self._finish()
+            return
+        self._origin = None
+        if not response.head_done and self._may_retry():
+            self._retried = True
+            self._parser = None
+            self._acquire()
+            return
+        self._origin_broke("the origin closed the connection" + (f": {exc}" if exc else ""))
+
+    def origin_timed_out(self) -> None:
+        if self.response_started:
+            self._origin_broke("the origin stopped sending its body")
+        else:
+            self._origin_failed(504, "the origin did not answer in time")
+
+    def _may_retry(self) -> bool:
+        """A pooled connection found closed: retried once, for idempotent requests only."""
+        return (
+            self._conn_was_reused
+            and not self._retried
+            and self.request.method in _IDEMPOTENT
+            and not self.request.has_body
+        )
+
+    # Parsing the response (httptools callbacks) ------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._response.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._response.head_done:
+            self._response.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        response = self._response
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._response = heads.Response()  # an interim response: not forwarded
+            return
+        UPSTREAM_DURATION.observe(time.perf_counter() - self._sent_at)
+        response.status = status
+        response.head_done = True
+        response.keep_origin = self._parser.should_keep_alive()
+        if status == 101:
+            return  # the tunnel starts once feed_data reports the upgrade
+        keep_visitor = self.request.keep_alive and self._body_done and not self.engine.stopping
+        self.visitor.write(heads.visitor_response(self.request, response, keep_visitor))
+        self.response_started = True
+        if not response.has_body:
+            self._complete = True
+
+    def on_body(self, data: bytes) -> None:
+        if not self._complete:
+            self.visitor.write(heads.chunk(data) if self._response.chunked else data)
+
+    def on_message_complete(self) -> None:
+        if self._response.head_done:
+            self._complete = True
+
+    # Endings -------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """The whole response is written: end it, give the origin connection back."""
+        response = self._response
+        if response.chunked:
+            self.visitor.write(_CHUNK_END)
+        failed = response.status >= 500
+        forward = self._forward
+        keep_visitor = response.keep_visitor
+        self._end(reusable=response.keep_origin and self._body_done and not response.until_close)
+        if forward is not None:
+            self.engine.policy.finished(forward, failed)
+        self._done(keep_visitor)
+
+    def _origin_failed(self, status: int, reason: str) -> None:
+        """No response came from the origin: answer 502/504 ourselves, once its PV is back
+        (a visitor who retries at once must find it there)."""
+        log.warning("origin %s: %s", self._forward.site.origin if self._forward else "?", reason)
+        forward = self._forward
+        self._end(reusable=False)
+        giving_back = self.engine.policy.finished(forward, failed=True) if forward else None
+        local = self.engine.policy.upstream_failed[status]
+        if giving_back is None:
+            self._answer_failure(local)
+        else:
+            giving_back.add_done_callback(lambda _: self._answer_failure(local))
+
+    def _answer_failure(self, local: Local) -> None:
+        keep_alive = self.request.keep_alive and self._body_done and not self.engine.stopping
+        self.visitor.write(local.page.render(keep_alive, head_only=self.request.method == "HEAD"))
+        self._done(keep_alive)
+
+    def _origin_broke(self, reason: str) -> None:
+        if not self.response_started:
+            self._origin_failed(502, reason)
+            return
+        log.warning("origin %s: %s", self._forward.site.origin if self._forward else "?", reason)
+        forward = self._forward
+        self._end(reusable=False)
+        if forward is not None:
+            self.engine.policy.finished(forward, failed=True)
+        self.visitor.abort()  # the response has started: all that is left is to drop it
+        self._done(False)
+
+    def _tunnel(self, rest: bytes) -> None:
+        """The origin switched protocols: bytes flow both ways, untouched, until a close."""
+        conn, forward = self._origin, self._forward
+        assert conn is not None
+        assert conn.transport is not None
+        assert forward is not None
+        self.visitor.write(heads.visitor_response(self.request, self._response, True))
+        self.response_started = True
+        conn.exchange = None
+        self._origin = None
+        self._cancel_read_timer()
+        self.engine.policy.finished(forward, failed=False)
+        self._release_admission()
+        self._over = True
+        self.visitor.exchange = None
+        self.engine.pool.detach(conn)  # a tunnel is no request: it holds no pool slot
+        self.visitor.start_tunnel(conn, rest)
+
+    def _end(self, *, reusable: bool) -> None:
+        self._over = True
+        self._cancel_read_timer()
+        conn, self._origin = self._origin, None
+        if conn is not None:
+            self.engine.pool.release(conn, reusable=reusable, upload=self._streaming)
+        self._release_admission()
+
+    def _cancel_read_timer(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _release_admission(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.engine.admission.leave()
+
+    def _done(self, keep_alive: bool) -> None:
+        self._over = True
+        self._release_admission()
+        self.engine.observe(time.perf_counter() - self._started)
+        self.visitor.response_done(keep_alive)
+

@@ -1,0 +1,164 @@
+"""Message heads built once as bytes: the request to the origin, the response to the visitor.
+
+Hop-by-hop headers (RFC 9110 §7.6.1) — those named in ``Connection`` included — never
+cross the gateway in either direction.  Toward the origin the request gets ``Host`` of the
+origin's URL, its own framing (``Content-Length`` or ``Transfer-Encoding: chunked``), and
+``X-Forwarded-For``/``-Proto``/``-Host`` and ``Via`` appended to what the client sent.
+Toward the visitor the response keeps the origin's headers and length; a body without a
+length (chunked, or read until the origin closes) is sent chunked to an HTTP/1.1 client
+and delimited by closing the connection for an HTTP/1.0 one.  Trailers are dropped.
+"""
+
+from __future__ import annotations
+
+from gateway.engine.origin import Origin
+from gateway.engine.request import Request
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Request headers replaced or handled by the gateway itself.
+_REQUEST_OWN = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"via"}
+VIA = b"1.1 pvgate"
+CRLF = b"\r\n"
+
+
+class Response:
+    """The origin's response head as parsed, and how its body is framed to the visitor."""
+
+    __slots__ = (
+        "chunked",
+        "has_body",
+        "head_done",
+        "headers",
+        "keep_origin",
+        "keep_visitor",
+        "reason",
+        "status",
+        "until_close",
+    )
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.keep_origin = False
+        self.keep_visitor = False
+        self.chunked = False  # re-chunked toward the visitor
+        self.until_close = False  # the origin's body ends when it closes
+        self.has_body = True
+
+
+def _named_in_connection(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(named)
+
+
+def origin_request(request: Request, origin: Origin, peer: str) -> bytes:
+    """The head sent to the origin for ``request`` (body framing included)."""
+    drop = _REQUEST_OWN
+    if "connection" in request.fields:
+        drop = drop | _named_in_connection(request.headers)
+    lines = [
+        request.method.encode(),
+        b" ",
+        origin.base_path,
+        request.path_and_query,
+        b" HTTP/1.1\r\nHost: ",
+        origin.host_header,
+        CRLF,
+    ]
+    forwarded_for: list[bytes] = []
+    via: list[bytes] = []
+    for name, value in request.headers:
+        lower = name.lower()
+        if lower not in drop:
+            lines += (name, b": ", value, CRLF)
+        elif lower == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif lower == b"via":
+            via.append(value)
+    if request.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif request.content_length or request.method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: %d\r\n" % request.content_length)
+    if request.upgrade:
+        upgrade = request.fields.get("upgrade", "").encode("latin-1")
+        lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF)
+    forwarded_for.append(peer.encode())
+    via.append(VIA)
+    lines += (
+        b"X-Forwarded-For: ",
+        b", ".join(forwarded_for),
+        b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
+        request.host.encode(),
+        b"\r\nVia: ",
+        b", ".join(via),
+        b"\r\n\r\n",
+    )
+    return b"".join(lines)
+
+
+def visitor_response(request: Request, response: Response, keep_alive: bool) -> bytes:
+    """The head sent to the visitor; sets how the body is framed and whether to keep alive."""
+    status = response.status
+    headers = response.headers
+    lines = [b"HTTP/1.1 %d " % status, response.reason, CRLF]
+    drop = HOP_BY_HOP | _named_in_connection(headers)
+    length = False
+    te = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            te = te or lower == b"transfer-encoding"
+            continue
+        if lower == b"content-length":
+            length = True
+        lines += (name, b": ", value, CRLF)
+    http10 = request.version == "1.0"
+    if status == 101:
+        lines += (b"Connection: upgrade\r\nUpgrade: ", _value(headers, b"upgrade"), CRLF)
+        response.has_body = False
+    elif request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        response.has_body = False
+    elif te or not length:
+        response.until_close = not te
+        if http10:
+            keep_alive = False  # the body ends when the connection closes
+        else:
+            response.chunked = True
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+    if status != 101:
+        if not keep_alive:
+            lines.append(b"Connection: close\r\n")
+        elif http10:
+            lines.append(b"Connection: keep-alive\r\n")
+    response.keep_visitor = keep_alive
+    lines.append(CRLF)
+    return b"".join(lines)
+
+
+def _value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return b""
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)

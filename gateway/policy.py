@@ -1,0 +1,160 @@
+"""What the gateway does with a request: route, classify, charge (docs/architecture.md §4).
+
+The engine parses bytes; this module decides, knowing nothing of sockets.  For each
+request the engine asks `Policy.route`, then — for a page view — `Policy.charge` and,
+when the Meter's debit comes back, `Policy.charged`; the answer is a `Local` response
+prepared once (a block page, 404, 503) or a `Forward` to the site's origin.  When the
+exchange with the origin is over the engine reports it to `Policy.finished`, which gives
+the PV back if the origin failed to deliver a charged view, and counts the outcome.
+Per request: one dictionary lookup for the site, a few header checks, at most one Meter
+debit (batched with its neighbours into one Redis round trip).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from gateway import blockpage
+from gateway.charging import UNMETERED, Blocked, Charge, Charger, Granted
+from gateway.classify import is_page_view
+from gateway.engine.request import Request
+from gateway.engine.responses import Page
+from gateway.metrics import OUTCOME
+from gateway.routing import SiteWatcher
+from gateway.settings import GatewaySettings
+from metering.buckets import Refusal
+from metering.meter import DebitResult
+from metering.sites import Site
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """Answer with a page of the gateway's own; ``outcome`` is counted when it is sent."""
+
+    page: Page
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the request to the site's origin; ``bucket_id`` paid for it, if anything."""
+
+    site: Site
+    bucket_id: str | None
+    outcome: str  # counted once the origin has answered: served, not_counted (or "")
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeFirst:
+    """A page view: `Policy.charge` decides (after its body, if any, has arrived)."""
+
+    site: Site
+
+
+Decision = Local | Forward
+
+
+class Policy:
+    def __init__(
+        self, settings: GatewaySettings, sites: SiteWatcher, charger: Charger | None
+    ) -> None:
+        self._metering = settings.metering and charger is not None
+        self._sites = sites
+        self._charger = charger
+        server = settings.server_header.encode()
+        no_store = (b"Cache-Control", b"no-store")
+        self._blocked = {
+            reason: Local(
+                Page(
+                    settings.block_status,
+                    blockpage.BLOCK_PAGES[reason],
+                    headers=(no_store, (b"X-PV-Block-Reason", reason.value.encode())),
+                    server=server,
+                ),
+                f"blocked_{reason.value}",
+            )
+            for reason in Refusal
+        }
+        self.not_found = Local(
+            Page(404, blockpage.NOT_FOUND_PAGE, headers=(no_store,), server=server),
+            "unknown_site",
+        )
+        retry = (b"Retry-After", b"1")
+        self.fail_closed = Local(
+            Page(503, blockpage.UNAVAILABLE_PAGE, headers=(no_store, retry), server=server),
+            "fail_closed",
+        )
+        self.overloaded = Local(
+            Page(503, blockpage.UNAVAILABLE_PAGE, headers=(no_store, retry), server=server),
+            "overloaded",
+        )
+        self.upstream_failed = {
+            status: Local(
+                Page(status, blockpage.UNAVAILABLE_PAGE, headers=(no_store,), server=server),
+                "upstream_error",
+            )
+            for status in (502, 504)
+        }
+
+    def route(self, request: Request) -> Decision | ChargeFirst:
+        site = self._sites.table.route(request.host, request.path)
+        if site is None:
+            return self.not_found
+        if not self._metering:
+            return Forward(site, None, "not_counted")
+        assert self._charger is not None
+        if not is_page_view(request.method, request.path, request.fields, site):
+            reason = self._charger.blocked(site.enterprise_id)
+            if reason is not None:
+                return self._blocked[reason]
+            return Forward(site, None, "not_counted")
+        return ChargeFirst(site)
+
+    def charge(self, site: Site) -> Decision | asyncio.Future[DebitResult]:
+        assert self._charger is not None
+        charge = self._charger.charge_nowait(site.enterprise_id)
+        if isinstance(charge, asyncio.Future):
+            return charge
+        return self._decide(site, charge)
+
+    def charged(self, site: Site, debit: asyncio.Future[DebitResult]) -> Decision:
+        assert self._charger is not None
+        return self._decide(site, self._charger.settle(site.enterprise_id, debit))
+
+    def _decide(self, site: Site, charge: Charge) -> Decision:
+        if isinstance(charge, Granted):
+            return Forward(site, charge.bucket_id, "served")
+        if isinstance(charge, Blocked):
+            return self._blocked[charge.reason]
+        if charge is UNMETERED:
+            OUTCOME["fail_open"].inc()  # counted as served, whatever the origin does
+            return Forward(site, None, "")
+        return self.fail_closed
+
+    def finished(self, forward: Forward, failed: bool) -> asyncio.Task[None] | None:
+        """The exchange is over; ``failed``: the origin did not deliver (error, 5xx).
+
+        Returns the give-back of a charged view that failed, for a caller that can wait
+        for it before answering (so that a retry sees the PV back).
+        """
+        if failed:
+            OUTCOME["upstream_error"].inc()
+            return self._give_back(forward)
+        if forward.outcome:
+            OUTCOME[forward.outcome].inc()
+        return None
+
+    def client_gone(self, forward: Forward) -> None:
+        """The visitor left before anything of the page was sent: nothing was delivered."""
+        OUTCOME["client_closed"].inc()
+        self._give_back(forward)
+
+    def _give_back(self, forward: Forward) -> asyncio.Task[None] | None:
+        if forward.bucket_id is None:
+            return None
+        assert self._charger is not None
+        return self._charger.give_back_soon(forward.site.enterprise_id, forward.bucket_id)
+
+    def sent(self, local: Local) -> None:
+        OUTCOME[local.outcome].inc()
