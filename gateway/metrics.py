@@ -1,8 +1,14 @@
-"""Prometheus metrics of the data plane (DESIGN §7); no per-enterprise labels here."""
+"""Prometheus metrics of the data plane (docs/architecture.md §7); no per-enterprise labels.
+
+Those touched by every request are counted locally (`metering.metrics.Tally`, `Spread`)
+and flushed every second and before each scrape.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from metering.metrics import Spread, Tally
 
 OUTCOMES = (
     "served",
@@ -20,7 +26,7 @@ OUTCOMES = (
     "client_closed",
 )
 REQUESTS = Counter("pvgate_requests_total", "Requests by what the gateway did.", ["outcome"])
-PV_DEBITED = Counter("pvgate_pv_debited_total", "Page views debited from a balance.")
+PV_DEBITED = Tally(Counter("pvgate_pv_debited_total", "Page views debited from a balance."))
 PV_GIVEN_BACK = Counter(
     "pvgate_pv_given_back_total", "Page views given back after the origin failed to deliver."
 )
@@ -37,15 +43,19 @@ PV_OUTCOME_UNKNOWN = Counter(
 PV_REPLAYED = Counter(
     "pvgate_pv_replayed_total", "Page views served in fail-open mode and debited afterwards."
 )
-REQUEST_DURATION = Histogram(
-    "pvgate_request_duration_seconds",
-    "Time from request to response headers, as the gateway saw it.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+REQUEST_DURATION = Spread(
+    Histogram(
+        "pvgate_request_duration_seconds",
+        "Time from a request's head to the end of its response, as the gateway saw it.",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
 )
-UPSTREAM_DURATION = Histogram(
-    "pvgate_upstream_duration_seconds",
-    "Time the origin took to answer with its response headers.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+UPSTREAM_DURATION = Spread(
+    Histogram(
+        "pvgate_upstream_duration_seconds",
+        "Time the origin took to answer with its response headers.",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    )
 )
 BREAKER_OPEN = Gauge(
     "pvgate_redis_breaker_open",
@@ -53,8 +63,8 @@ BREAKER_OPEN = Gauge(
     multiprocess_mode="max",
 )
 
-# Children for the hot path, looked up once.
-OUTCOME = {name: REQUESTS.labels(name) for name in OUTCOMES}
+# Children for the hot path, looked up once and counted locally.
+OUTCOME = {name: Tally(REQUESTS.labels(name)) for name in OUTCOMES}
 TIMEOUTS = Counter(
     "pvgate_client_timeouts_total",
     "Visitor connections closed by a timeout: idle (keep-alive), header, body, send.",

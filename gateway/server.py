@@ -129,6 +129,7 @@ class Supervisor:
             if process.pid is not None:
                 multiprocess.mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
                 (self.metrics_dir / f"ready-{process.pid}").unlink(missing_ok=True)
+                (self.metrics_dir / f"flushed-{process.pid}").unlink(missing_ok=True)
             self.workers[i] = self._spawn(self.sockets[i])
 
     async def _stop_workers(self) -> None:
@@ -154,10 +155,31 @@ class Supervisor:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector
 
+        await self._flush_workers()
         registry = CollectorRegistry()
         MultiProcessCollector(registry, str(self.metrics_dir))  # type: ignore[no-untyped-call]
         body = await asyncio.to_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _flush_workers(self, within: float = 0.5) -> None:
+        """Have every ready worker add what it counted locally (`metering.metrics`) before
+        the scrape is read: SIGUSR1, answered by a bumped ``flushed-<pid>`` file."""
+        waiting: dict[Path, str] = {}
+        for process in self.workers:
+            pid = process.pid
+            if pid is None or not process.is_alive():
+                continue
+            if not (self.metrics_dir / f"ready-{pid}").exists():
+                continue  # not ready: it may not handle SIGUSR1 yet
+            marker = self.metrics_dir / f"flushed-{pid}"
+            waiting[marker] = marker.read_text() if marker.exists() else ""
+            os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + within
+        while waiting and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+            for marker, before in list(waiting.items()):
+                if marker.exists() and marker.read_text() != before:
+                    del waiting[marker]
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -6,9 +6,12 @@ go out pipelined in one round trip.  The script grants the first k of n and the 
 hands those k grants to the first k waiters in arrival order, so batching never
 oversells.  Every failure reaches the waiters as a `MeterError` within ``timeout``.
 
-A flush sends at most ``max_pipeline`` enterprises per pipeline, and the pipelines of
-one flush go out concurrently on their own connections, so that Redis runs one group
-while the client is still building or reading another.  At most ``max_inflight`` rounds
+On a single node a round goes out on the Meter's own pipelined connection
+(`metering.pipe`): one write, its replies parsed as they arrive, no task per round.  On
+a cluster, or while that connection is being (re)made, a round goes through the client:
+at most ``max_pipeline`` enterprises per pipeline, the pipelines of one flush
+concurrently, so that Redis runs one group while the client is still building or reading
+another.  At most ``max_inflight`` rounds
 are in flight: the debits that arrive meanwhile wait and go out together as the next
 round, so the batch grows with the load by itself (the Nagle idea) and a busy gateway
 makes far fewer, larger script calls; a second round overlaps the first only when it
@@ -37,24 +40,27 @@ PV granted to waiters already told "timeout" are given back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 
 from metering import scripts
 from metering.buckets import Debit, Refusal
+from metering.deadline import Deadline, Waiters, fail
 from metering.errors import MeterError, MeterNotSent
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
 from metering.metrics import METER_BATCH_SIZE, METER_DURATION, REDIS_ERRORS
+from metering.pipe import PipeTarget, RedisPipe, pack_head
 from metering.scripts import RedisClient
 from metering.store import parse_debit
 
-Waiters = list["asyncio.Future[DebitResult]"]
+log = logging.getLogger("pvgate.meter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,17 @@ class DebitResult:
 REFUSED = {reason: DebitResult(False, None, reason) for reason in Refusal}
 # A flush racing the reload again is retried; past this many, those waiters get an error.
 _NOSCRIPT_ATTEMPTS = 5
+_RECONNECT_AFTER = 0.2  # seconds between attempts to make the pipe again
+Calls = list[tuple[str, int]]  # (enterprise, n) per script call, in order
+
+
+class _Round:
+    """One round of debits in flight; ``open`` while it holds one of the in-flight slots."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = True
 
 
 class Meter:
@@ -94,12 +111,13 @@ class Meter:
         self._inflight = 0
         self._wide = max(1, max_pipeline // 4)
         self._reply_limit = max(1.0, 20 * timeout)
-        # A single node with one round at a time: the Meter keeps a connection of its own.
-        self._pool: ConnectionPool | None = None
-        if isinstance(client, Redis):
-            self._pool = client.connection_pool
-        self._conn: Any = None
-        self._conn_busy = False
+        # A single node: the Meter's own pipelined connection (see the module docstring).
+        self._target = PipeTarget.of(client) if isinstance(client, Redis) else None
+        self._pipe: RedisPipe | None = None
+        self._use_pipe = False  # set by prepare()
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._next_connect = 0.0
+        self._packed: dict[str, bytes] = {}
         self._lag: LoopLag | None = None
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -134,57 +152,32 @@ class Meter:
             loop.call_soon(self._flush)
         return future
 
-    async def _on_own_connection(self, calls: Sequence[tuple[str, int]]) -> list[Any]:
-        """The round on the Meter's own connection to a single node: one write, n reads.
-
-        One round at a time uses it (a round that overlaps goes through the pool), and the
-        pool's checkout, health check and retry layers — half the client's cost of a call
-        — are skipped.  Any failure mid-round drops the connection: its next use
-        reconnects with nothing half-read on it.
-        """
-        assert self._pool is not None
-        conn = self._conn
-        if conn is None:
-            try:
-                conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-            except (OSError, redis_errors.ConnectionError) as exc:
-                # Nothing was sent: these debits certainly did not happen.
-                REDIS_ERRORS.labels("connection").inc()
-                raise MeterNotSent(f"cannot connect to Redis: {exc}") from exc
-            self._conn = conn
-        packed = conn.pack_commands(
-            ("EVALSHA", scripts.DEBIT_PV.sha, 4, *enterprise_keys(e), n) for e, n in calls
-        )
-        replies: list[Any] = []
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-            for _ in calls:
-                try:
-                    replies.append(await conn.read_response())
-                except redis_errors.ResponseError as exc:  # an error reply, read in full
-                    replies.append(exc)
-        except BaseException:
-            self._conn = None
-            await conn.disconnect(nowait=True)
-            await self._pool.release(conn)
-            raise
-        return replies
-
     async def prepare(self) -> None:
-        """Load the scripts the Meter calls (on every master), before the first request."""
+        """Load the scripts the Meter calls (on every master), before the first request;
+        on a single node, open the Meter's own connection, used from then on."""
         for script in (scripts.DEBIT_PV, scripts.GIVE_BACK_PV):
             await self._client.script_load(script.source)
+        if self._target is not None:
+            self._use_pipe = True  # and keep it: made again whenever it breaks
+            await self._connect()
 
     async def aclose(self) -> None:
         """Wait for the batches in flight (and the give-backs of abandoned grants)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks or (self._pipe is not None and self._pipe.pending):
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            else:  # rounds on the pipe end by a reply or, at the reply limit, an abort
+                await asyncio.sleep(0.002)
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         if self._lag is not None:
             self._lag.close()
             self._lag = None
-        if self._conn is not None and self._pool is not None:
-            conn, self._conn = self._conn, None
-            await self._pool.release(conn)
+        if self._pipe is not None:
+            self._pipe.abort()
+            self._pipe = None
+
+    # Rounds ------------------------------------------------------------------------------
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -194,22 +187,116 @@ class Meter:
             self._lag = LoopLag(asyncio.get_running_loop())
         pending, self._pending = self._pending, {}
         items = list(pending.items())
+        self._inflight += 1
+        round_ = _Round()
+        pipe = self._pipe
+        if pipe is not None and not pipe.closed and len(items) <= self._max_pipeline:
+            self._send_on_pipe(pipe, items, round_)
+            return
+        if self._use_pipe:
+            self._reconnect()
         size = self._max_pipeline
         groups = [items[start : start + size] for start in range(0, len(items), size)]
-        self._inflight += 1
-        self._spawn(self._send_all(groups, _Round()))
+        self._spawn(self._send_all(groups, round_))
+
+    def _calls(self, group: Sequence[tuple[str, Waiters]]) -> Calls:
+        calls: Calls = []
+        for enterprise_id, waiters in group:
+            for start in range(0, len(waiters), self._max_batch):
+                n = min(self._max_batch, len(waiters) - start)
+                calls.append((enterprise_id, n))
+                METER_BATCH_SIZE.observe(n)
+        return calls
+
+    def _deadline(self, group: Sequence[tuple[str, Waiters]], calls: int, round_: _Round, *,
+                  on_limit: Any = None) -> Deadline:  # fmt: skip
+        assert self._lag is not None
+        return Deadline(
+            group,
+            calls,
+            self._timeout,
+            self._reply_limit,
+            self._lag,
+            on_fire=lambda: self._end_round(round_, failed=True),
+            on_limit=on_limit,
+        )
+
+    def _send_on_pipe(
+        self, pipe: RedisPipe, group: Sequence[tuple[str, Waiters]], round_: _Round
+    ) -> None:
+        """The usual round: one write on the pipe; the replies resolve it in a callback."""
+        calls = self._calls(group)
+        packed = b"".join(self._debit_command(e, n) for e, n in calls)
+        started = time.perf_counter()
+        # A round still unanswered at the reply limit means a stuck connection: drop it.
+        deadline = self._deadline(group, len(calls), round_, on_limit=pipe.abort)
+
+        def done(result: list[Any] | BaseException) -> None:
+            deadline.cancel()
+            METER_DURATION.observe(time.perf_counter() - started)
+            if isinstance(result, BaseException):
+                if not deadline.fired:
+                    error = scripts.translate(result, f"debit of {len(calls)} batches")
+                    for _, waiters in group:
+                        fail(waiters, error)
+                self._end_round(round_, failed=True)
+            elif any(isinstance(r, redis_errors.NoScriptError) for r in result):
+                self._spawn(self._recover(group, calls, result, round_))
+            else:
+                self._resolve_group(group, result)
+                self._end_round(round_, failed=False)
+
+        pipe.send(packed, len(calls), done)
+
+    async def _recover(
+        self, group: Sequence[tuple[str, Waiters]], calls: Calls, replies: list[Any], r: _Round
+    ) -> None:
+        """NOSCRIPT on the pipe: reload, re-send those calls through the client."""
+        try:
+            replies = await self._retry_noscript(calls, replies)
+        except Exception as exc:  # no waiter may be left hanging
+            error = scripts.translate(exc, f"debit of {len(calls)} batches")
+            for _, waiters in group:
+                fail(waiters, error)
+            self._end_round(r, failed=True)
+            return
+        self._resolve_group(group, replies)
+        self._end_round(r, failed=False)
+
+    def _debit_command(self, enterprise_id: str, n: int) -> bytes:
+        """EVALSHA debit_pv for n PV of one enterprise, packed; all but n packed once."""
+        head = self._packed.get(enterprise_id)
+        if head is None:
+            if len(self._packed) >= 65536:
+                self._packed.clear()
+            keys = enterprise_keys(enterprise_id)
+            head = self._packed[enterprise_id] = pack_head(
+                8, "EVALSHA", scripts.DEBIT_PV.sha, 4, *keys
+            )
+        count = b"%d" % n
+        return b"%b$%d\r\n%b\r\n" % (head, len(count), count)
+
+    def _reconnect(self) -> None:
+        """Make the pipe again in the background (the client carries rounds meanwhile)."""
+        if self._reconnecting is not None or time.monotonic() < self._next_connect:
+            return
+        self._reconnecting = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        assert self._target is not None
+        try:
+            async with asyncio.timeout(max(1.0, self._timeout)):
+                self._pipe = await RedisPipe.open(self._target)
+        except (OSError, TimeoutError, redis_errors.RedisError) as exc:
+            self._next_connect = time.monotonic() + _RECONNECT_AFTER
+            log.debug("Meter connection to Redis not made: %s", exc)
+        finally:
+            self._reconnecting = None
 
     async def _send_all(self, groups: list[list[tuple[str, Waiters]]], round_: _Round) -> None:
         failed = True
         try:
-            if len(groups) == 1 and self._pool is not None and not self._conn_busy:
-                # The usual round, on a single node: on the Meter's own connection.
-                self._conn_busy = True
-                try:
-                    failed = await self._send(groups[0], round_, direct=True)
-                finally:
-                    self._conn_busy = False
-            elif len(groups) == 1:
+            if len(groups) == 1:
                 failed = await self._send(groups[0], round_)
             else:  # a wide round: groups overlap on pooled connections
                 failed = any(await asyncio.gather(*(self._send(g, round_) for g in groups)))
@@ -228,7 +315,7 @@ class Meter:
             pending, self._pending = self._pending, {}
             error = MeterNotSent("Redis failed the previous round of debits")
             for waiters in pending.values():
-                _fail(waiters, error)
+                fail(waiters, error)
         elif self._pending and not self._scheduled:
             # What queued while this round was in flight goes now, as one bigger round.
             self._scheduled = True
@@ -239,57 +326,33 @@ class Meter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(
-        self, group: Sequence[tuple[str, Waiters]], round_: _Round, direct: bool = False
-    ) -> bool:
-        """One pipelined round for a group of enterprises; True if Redis failed it."""
-        calls: list[tuple[str, int]] = []  # (enterprise, n) per script call, in order
-        for enterprise_id, waiters in group:
-            for start in range(0, len(waiters), self._max_batch):
-                n = min(self._max_batch, len(waiters) - start)
-                calls.append((enterprise_id, n))
-                METER_BATCH_SIZE.observe(n)
+    async def _send(self, group: Sequence[tuple[str, Waiters]], round_: _Round) -> bool:
+        """One pipelined round through the client; True if Redis failed it."""
+        calls = self._calls(group)
         started = time.perf_counter()
-        assert self._lag is not None
         # The waiters learn of a timeout at the deadline itself, not when the client has
         # finished cancelling its work (a cluster client may take a while to unwind).
-        deadline = _Deadline(
-            group,
-            len(calls),
-            self._timeout,
-            self._reply_limit,
-            self._lag,
-            on_fire=lambda: self._end_round(round_, failed=True),
-        )
+        deadline = self._deadline(group, len(calls), round_)
         try:
             # The round itself may outlive its waiters' deadline (up to _reply_limit): a
             # reply that comes late still reaches _resolve, which gives back the PV it
             # took for waiters already told "timeout" — instead of Redis keeping them.
             async with asyncio.timeout(self._reply_limit):
-                replies = await self._execute(calls, direct)
+                replies = await self._retry_noscript(calls, await self._pipeline(calls))
         except Exception as exc:  # whatever the client raised, no waiter may be left hanging
             deadline.cancel()
             if not deadline.fired:
-                error = (
-                    exc
-                    if isinstance(exc, MeterNotSent)
-                    else scripts.translate(exc, f"debit of {len(calls)} batches")
-                )
+                error = scripts.translate(exc, f"debit of {len(calls)} batches")
                 for _, waiters in group:
-                    _fail(waiters, error)
+                    fail(waiters, error)
             return True
         finally:
             deadline.cancel()
             METER_DURATION.observe(time.perf_counter() - started)
-        index = 0
-        for enterprise_id, waiters in group:
-            count = -(-len(waiters) // self._max_batch)
-            self._resolve(enterprise_id, waiters, replies[index : index + count])
-            index += count
+        self._resolve_group(group, replies)
         return False
 
-    async def _execute(self, calls: Sequence[tuple[str, int]], direct: bool) -> list[Any]:
-        replies = await self._pipeline(calls, direct)
+    async def _retry_noscript(self, calls: Calls, replies: list[Any]) -> list[Any]:
         for _ in range(_NOSCRIPT_ATTEMPTS):
             missing = [
                 i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
@@ -302,16 +365,14 @@ class Meter:
             REDIS_ERRORS.labels("noscript").inc()
             try:
                 await self._client.script_load(scripts.DEBIT_PV.source)
-                again = await self._pipeline([calls[i] for i in missing], direct)
+                again = await self._pipeline([calls[i] for i in missing])
             except Exception:  # those calls stay NOSCRIPT failures; the others stand
                 break
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
 
-    async def _pipeline(self, calls: Sequence[tuple[str, int]], direct: bool) -> list[Any]:
-        if direct:
-            return await self._on_own_connection(calls)
+    async def _pipeline(self, calls: Calls) -> list[Any]:
         if len(calls) == 1:
             # One call (one enterprise, the common case behind one site) skips the cost
             # of a Pipeline object; its error comes back in place, as a pipeline's would.
@@ -330,6 +391,15 @@ class Meter:
             )
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
+
+    # Replies -----------------------------------------------------------------------------
+
+    def _resolve_group(self, group: Sequence[tuple[str, Waiters]], replies: Sequence[Any]) -> None:
+        index = 0
+        for enterprise_id, waiters in group:
+            count = -(-len(waiters) // self._max_batch)
+            self._resolve(enterprise_id, waiters, replies[index : index + count])
+            index += count
 
     def _resolve(self, enterprise_id: str, waiters: Waiters, replies: Sequence[Any]) -> None:
         """Hand the grants of this enterprise's calls to its waiters in arrival order."""
@@ -353,7 +423,7 @@ class Meter:
                 position += n
         rest = waiters[position:]
         if error is not None:
-            _fail(rest, error)
+            fail(rest, error)
         elif rest:
             reason = next((d.reason for d in reversed(debits) if d.reason), Refusal.EXHAUSTED)
             refused = REFUSED[reason]
@@ -373,66 +443,6 @@ class Meter:
             scripts.translate(exc, f"give back {k} PV to {enterprise_id}/{bucket_id}")
             return 0
         return int(back)
-
-
-class _Round:
-    """One round of debits in flight; ``open`` while it holds one of the in-flight slots."""
-
-    __slots__ = ("open",)
-
-    def __init__(self) -> None:
-        self.open = True
-
-
-class _Deadline:
-    """Fails a round's waiters with a timeout once Redis, not the loop, is late (once).
-
-    Armed when the round is written.  When it comes due it subtracts the loop's stall
-    since then from the round's age: while that Redis time is under ``timeout`` (the loop
-    was lagging), it waits for the rest; past ``limit`` of wall time it fires regardless.
-    """
-
-    def __init__(
-        self,
-        group: Sequence[tuple[str, Waiters]],
-        calls: int,
-        timeout: float,
-        limit: float,
-        lag: LoopLag,
-        on_fire: Callable[[], None],
-    ) -> None:
-        self.group, self.calls, self.fired = group, calls, False
-        self._on_fire = on_fire
-        self._timeout, self._limit, self._lag = timeout, limit, lag
-        self._started = time.monotonic()
-        self._stall_at_start = lag.stalled()
-        self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.Handle = self._loop.call_later(timeout, self._due)
-
-    def _due(self) -> None:
-        age = time.monotonic() - self._started
-        redis_time = age - (self._lag.stalled() - self._stall_at_start)
-        if redis_time < self._timeout and age < self._limit:
-            self._timer = self._loop.call_later(self._timeout - redis_time, self._due)
-            return
-        # One more turn first: a reply read in this very turn is used rather than lost.
-        self._timer = self._loop.call_soon(self._fire)
-
-    def _fire(self) -> None:
-        self.fired = True
-        error = scripts.translate(TimeoutError(), f"debit of {self.calls} batches")
-        for _, waiters in self.group:
-            _fail(waiters, error)
-        self._on_fire()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-def _fail(waiters: Waiters, error: Exception) -> None:
-    for future in waiters:
-        if not future.done():
-            future.set_exception(error)
 
 
 __all__ = ["REFUSED", "DebitResult", "Meter", "MeterError"]

@@ -31,6 +31,7 @@ async def _storm(target: Target, enterprise: str, callers: int, barrier: Any) ->
     client = connect(target)
     await client.ping()
     meter = Meter(client, timeout=5.0)
+    await meter.prepare()
     outcomes: Counter[str] = Counter()
 
     async def one() -> None:

@@ -66,6 +66,7 @@ class Exchange:
         self._read_timer: asyncio.TimerHandle | None = None
         self._parser: httptools.HttpResponseParser | None = None
         self._response = heads.Response()
+        self._out: list[bytes] = []  # response bytes of one origin read, written at once
         self._complete = False
         self._over = False
 
@@ -308,10 +309,19 @@ class Exchange:
             self._tunnel(data[upgrade.args[0] :])
             return
         except httptools.HttpParserError as exc:
+            self._flush_out()
             self._origin_broke(f"invalid response from the origin: {exc}")
             return
         if self._complete:
             self._finish()
+        else:
+            self._flush_out()
+
+    def _flush_out(self) -> None:
+        out = self._out
+        if out:
+            self.visitor.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def origin_lost(self, exc: Exception | None) -> None:
         """The origin closed: the end of a body read until close, or a failure."""
@@ -369,14 +379,14 @@ class Exchange:
         if status == 101:
             return  # the tunnel starts once feed_data reports the upgrade
         keep_visitor = self.request.keep_alive and self._body_done and not self.engine.stopping
-        self.visitor.write(heads.visitor_response(self.request, response, keep_visitor))
+        self._out.append(heads.visitor_response(self.request, response, keep_visitor))
         self.response_started = True
         if not response.has_body:
             self._complete = True
 
     def on_body(self, data: bytes) -> None:
         if not self._complete:
-            self.visitor.write(heads.chunk(data) if self._response.chunked else data)
+            self._out.append(heads.chunk(data) if self._response.chunked else data)
 
     def on_message_complete(self) -> None:
         if self._response.head_done:
@@ -388,7 +398,8 @@ class Exchange:
         """The whole response is written: end it, give the origin connection back."""
         response = self._response
         if response.chunked:
-            self.visitor.write(_CHUNK_END)
+            self._out.append(_CHUNK_END)
+        self._flush_out()
         failed = response.status >= 500
         forward = self._forward
         keep_visitor = response.keep_visitor
@@ -447,6 +458,7 @@ class Exchange:
 
     def _end(self, *, reusable: bool) -> None:
         self._over = True
+        self._parser = None  # it refers back to this exchange
         self._cancel_read_timer()
         conn, self._origin = self._origin, None
         if conn is not None:
@@ -468,4 +480,3 @@ class Exchange:
         self._release_admission()
         self.engine.observe(time.perf_counter() - self._started)
         self.visitor.response_done(keep_alive)
-

@@ -78,6 +78,8 @@ class OriginConnection(asyncio.Protocol):
         self.detached = False
         self.counted_out = False
         self.write_paused = False
+        self.idle_since = 0.0
+        self._keepalive = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,7 +106,9 @@ class OriginConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_idle()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self.pool.lost(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
@@ -136,12 +140,21 @@ class OriginConnection(asyncio.Protocol):
             self.transport.close()
 
     def idle(self, keepalive: float) -> None:
-        self._idle_timer = asyncio.get_running_loop().call_later(keepalive, self.close)
+        """Back in the pool: closed once idle for ``keepalive`` (checked lazily)."""
+        self.idle_since = time.monotonic()
+        self._keepalive = keepalive
+        if self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(keepalive, self._on_idle)
 
-    def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+    def _on_idle(self) -> None:
+        self._idle_timer = None
+        if self.exchange is not None or self.tunnel is not None or self.closed:
+            return  # lent out meanwhile: `idle` arms the timer again when it is back
+        left = self.idle_since + self._keepalive - time.monotonic()
+        if left > 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(left, self._on_idle)
+        else:
+            self.close()
 
 
 class _Slots:
@@ -190,8 +203,7 @@ class OriginPool:
         if not fresh and (not upload or slots.uploads < self._max_uploads):
             while slots.idle:
                 conn = slots.idle.pop()
-                if not conn.closed:
-                    conn._cancel_idle()
+                if not conn.closed:  # its pending idle check will find it lent out
                     return self._lend(slots, conn, upload)
         future: asyncio.Future[OriginConnection] = asyncio.get_running_loop().create_future()
         if self._may_open(slots, upload):

@@ -45,7 +45,7 @@ class VisitorConnection(asyncio.Protocol):
         self.limits = engine.limits
         self.transport: asyncio.Transport | None = None
         self.peer = ""
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._state = HEAD
         self._held = b""  # input after the current request, not parsed yet
         self._tail = b""  # the last bytes fed of the current head
@@ -112,6 +112,7 @@ class VisitorConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = CLOSED
         self._cancel_timer()
+        self._parser = None  # it refers back to this connection
         self.engine.closed(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
@@ -178,14 +179,15 @@ class VisitorConnection(asyncio.Protocol):
             raise BadRequest(400, "chunked body framing is inconsistent")
         if done:
             self._state = WAIT
-            self._cancel_timer()
             if self.exchange is not None:
                 self.exchange.body_end()
         return data[n:]
 
     def _parse(self, data: bytes) -> None:
+        parser = self._parser
+        assert parser is not None
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             if self._request is None or not self._request.upgrade:
                 raise BadRequest(400, "unexpected upgrade") from None
@@ -230,8 +232,9 @@ class VisitorConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         request = self._request
-        assert request is not None
         parser = self._parser
+        assert request is not None
+        assert parser is not None
         request.method = parser.get_method().decode()
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
@@ -264,8 +267,7 @@ class VisitorConnection(asyncio.Protocol):
         if not done:
             self._started = self._last_read = time.monotonic()
             self._arm(min(self.limits.body_idle_timeout_s, self.limits.body_timeout_s))
-        else:
-            self._cancel_timer()
+        # else the pending head timer is left to find nothing due (cheaper than a cancel)
         self.exchange = self.engine.exchange(self, request)
         self.exchange.start()
         if done and self.exchange is not None:

@@ -17,6 +17,7 @@ async def test_thousand_enterprises_on_all_masters_without_crossslot(redis_clust
     redis_cluster.flushall()
     client = await cluster_client(redis_cluster).initialize()
     store, meter = BalanceStore(client), Meter(client, timeout=5.0)
+    await meter.prepare()
     enterprises = [f"corp{i:04d}" for i in range(1000)]
     for e in enterprises:
         slots = {key_slot(k.encode()) for k in enterprise_keys(e)}

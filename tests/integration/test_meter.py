@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from metering import BalanceStore, Meter, MeterTimeout
+from metering import BalanceStore, Meter, MeterTimeout, metrics
 from metering.buckets import Refusal
 from metering.embedded import RedisServer
 from tests.helpers import gift, package
@@ -21,6 +21,7 @@ def nodes_of(servers) -> list[RedisServer]:
 
 
 def sample(name: str, **labels: str) -> float:
+    metrics.flush()  # what the Meter counted locally
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -29,8 +30,10 @@ async def test_first_waiters_are_granted_at_the_zero_boundary(client):
     await BalanceStore(client).credit("edge", gift("g", 2))
     await BalanceStore(client).credit("edge", package("p", 3, at=1))
     meter = Meter(client, max_batch=3, timeout=2.0)
+    await meter.prepare()  # as the gateway does: on a single node, its own connection
     calls_before = sample("pvgate_meter_batch_size_count")
     results = await asyncio.gather(*(meter.debit("edge") for _ in range(10)))
+    await meter.aclose()
     assert [r.bucket_id for r in results] == ["g", "g", "p", "p", "p"] + [None] * 5
     assert [r.reason for r in results[5:]] == [Refusal.EXHAUSTED] * 5
     assert sample("pvgate_meter_batch_size_count") - calls_before == 4  # ceil(10 / 3) calls
@@ -41,8 +44,10 @@ async def test_waiters_of_different_enterprises_share_one_flush(client):
     for i in range(20):
         await store.credit(f"e{i}", gift("g", 1))
     meter = Meter(client, timeout=2.0)
+    await meter.prepare()
     rounds_before = sample("pvgate_meter_duration_seconds_count")
     results = await asyncio.gather(*(meter.debit(f"e{i % 20}") for i in range(40)))
+    await meter.aclose()
     assert sum(r.granted for r in results) == 20
     assert all(results[i].granted and not results[i + 20].granted for i in range(20))
     flushes = sample("pvgate_meter_duration_seconds_count") - rounds_before
@@ -54,6 +59,7 @@ async def test_abandoned_grant_goes_back(client):
     store = BalanceStore(client)
     await store.credit("gone", gift("g", 5))
     meter = Meter(client, timeout=2.0)
+    await meter.prepare()
     waiting = asyncio.ensure_future(meter.debit("gone"))
     await asyncio.sleep(0)  # queued, not yet flushed
     waiting.cancel()
@@ -69,6 +75,7 @@ async def test_script_flush_mid_stream_fails_no_debit(client, servers):
     for e in enterprises:
         await store.credit(e, package("p", 10**6))
     meter = Meter(client, timeout=2.0)
+    await meter.prepare()
     admins = [Redis(host=n.host, port=n.port) for n in nodes_of(servers)]
     noscript_before = sample("pvgate_redis_errors_total", kind="noscript")
     stop = asyncio.Event()
@@ -89,6 +96,7 @@ async def test_script_flush_mid_stream_fails_no_debit(client, servers):
         )
         granted += sum(r.granted for r in results)
     stop.set()
+    await meter.aclose()
     assert await flushing > 10
     for a in admins:
         await a.aclose()
@@ -105,6 +113,7 @@ async def test_a_stalled_event_loop_is_not_a_late_redis(client):
     deadline: the deadline counts Redis time only, so every debit is granted."""
     await BalanceStore(client).credit("stall", package("p", 1000))
     meter = Meter(client)  # the default 50 ms deadline
+    await meter.prepare()
     await meter.debit("stall")  # opens the connections and starts the lag monitor
     timeouts = sample("pvgate_redis_errors_total", kind="timeout")
     debits = [asyncio.ensure_future(meter.debit("stall")) for _ in range(100)]
@@ -124,6 +133,7 @@ async def test_a_hung_redis_fails_even_while_the_loop_lags():
         client = Redis(host=server.host, port=server.port, decode_responses=True)
         await BalanceStore(client).credit("hung", package("p", 1000))
         meter = Meter(client)
+        await meter.prepare()
         assert (await meter.debit("hung")).granted
         stop = asyncio.Event()
 

@@ -117,6 +117,7 @@ async def wait_for(predicate, seconds: float) -> None:
 async def test_hung_redis_fails_within_the_timeout(rig):
     await BalanceStore(rig.client).credit(ENTERPRISE, package("p", 10**6))
     meter, tally, stop = Meter(rig.client, timeout=TIMEOUT), Tally(), asyncio.Event()
+    await meter.prepare()
     driving = asyncio.create_task(drive(meter, tally, stop))
     await wait_for(lambda: tally.granted > 200, 10)
     assert rig.victim.process is not None
@@ -142,6 +143,7 @@ async def test_killed_redis_fails_fast_and_the_meter_recovers(rig):
     store = BalanceStore(rig.client)
     await store.credit(ENTERPRISE, package("p", 10**6))
     meter, tally, stop = Meter(rig.client, timeout=TIMEOUT), Tally(), asyncio.Event()
+    await meter.prepare()
     driving = asyncio.create_task(drive(meter, tally, stop))
     await wait_for(lambda: tally.granted > 200, 10)
     rig.victim.kill()

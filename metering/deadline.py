@@ -1,0 +1,87 @@
+"""The deadline of one round of debits: Redis time, not wall time (docs/architecture.md §5).
+
+A `Deadline` is armed when its round is written to Redis.  When it comes due it takes the
+event loop's stall since then (`metering.looplag`) from the round's age; while what is
+left — the time the round really waited for Redis — is under ``timeout``, the loop was
+lagging and it waits for the rest.  Past ``limit`` of wall time it fires whatever the
+lag, so that a hung Redis behind a saturated loop still fails.  Firing hands the
+round's waiters a `MeterTimeout` once; ``on_limit``, if given, runs if the round is still
+unanswered at ``limit`` (the Meter drops a connection stuck that long).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from metering import scripts
+from metering.looplag import LoopLag
+
+Waiters = list["asyncio.Future[Any]"]
+
+
+def fail(waiters: Waiters, error: BaseException) -> None:
+    for future in waiters:
+        if not future.done():
+            future.set_exception(error)
+
+
+class Deadline:
+    """Fails a round's waiters with a timeout once Redis, not the loop, is late (once)."""
+
+    __slots__ = (
+        "_lag",
+        "_limit",
+        "_loop",
+        "_on_fire",
+        "_on_limit",
+        "_stall_at_start",
+        "_started",
+        "_timeout",
+        "_timer",
+        "calls",
+        "fired",
+        "group",
+    )
+
+    def __init__(
+        self,
+        group: Sequence[tuple[str, Waiters]],
+        calls: int,
+        timeout: float,
+        limit: float,
+        lag: LoopLag,
+        on_fire: Callable[[], None],
+        on_limit: Callable[[], None] | None = None,
+    ) -> None:
+        self.group, self.calls, self.fired = group, calls, False
+        self._on_fire, self._on_limit = on_fire, on_limit
+        self._timeout, self._limit, self._lag = timeout, limit, lag
+        self._started = time.monotonic()
+        self._stall_at_start = lag.stalled()
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.Handle = self._loop.call_later(timeout, self._due)
+
+    def _due(self) -> None:
+        age = time.monotonic() - self._started
+        redis_time = age - (self._lag.stalled() - self._stall_at_start)
+        if redis_time < self._timeout and age < self._limit:
+            self._timer = self._loop.call_later(self._timeout - redis_time, self._due)
+            return
+        # One more turn first: a reply read in this very turn is used rather than lost.
+        self._timer = self._loop.call_soon(self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        error = scripts.translate(TimeoutError(), f"debit of {self.calls} batches")
+        for _, waiters in self.group:
+            fail(waiters, error)
+        self._on_fire()
+        if self._on_limit is not None:
+            left = self._started + self._limit - time.monotonic()
+            self._timer = self._loop.call_later(max(left, 0.0), self._on_limit)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
