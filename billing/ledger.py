@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -19,7 +19,16 @@ from billing.schema import (
     orders,
     packages,
     payments,
+    reconciliations,
+    usage,
 )
+
+RECHARGE_ID_PREFIX = "rch."
+"""The id prefix of the reconciliation rows that book a refund's gift re-charge."""
+
+UsageSource = Literal["stream", "reconciliation", "recharge"]
+USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
+_HOUR = timedelta(hours=1)
 
 
 def row_dict(row: sa.Row[Any] | None) -> dict[str, Any] | None:
@@ -93,3 +102,63 @@ async def get_order(conn: AsyncConnection, order_id: str) -> OrderState:
         [dict(r) for r in package_rows],
         [dict(r) for r in gift_rows],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """PV the ledger counts against a bucket in one UTC hour, from one source.
+
+    ``stream``: usage the gateways reported; ``reconciliation``: a difference with Redis
+    booked by a reconciliation pass (negative when the ledger was ahead); ``recharge``: gift
+    PV a refund charged again to the package.
+    """
+
+    hour: datetime
+    bucket_id: str
+    source: UsageSource
+    pv: int
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(at: datetime) -> datetime:
+    floor = _floor_hour(at)
+    return floor if floor == at else floor + _HOUR
+
+
+async def usage_entries(
+    conn: AsyncConnection, enterprise_id: str, since: datetime, until: datetime
+) -> list[UsageEntry]:
+    """Every hour of usage of the enterprise that starts in ``[since, until)``, per source.
+
+    A reconciliation or re-charge row counts in the hour of its ``created_at``: summed over
+    the sources, a bucket's entries are the ledger's ``used`` of it — Redis's, once
+    reconciled.  Times are UTC.
+    """
+    streamed = await conn.execute(
+        sa.select(usage.c.hour, usage.c.bucket_id, usage.c.pv).where(
+            usage.c.enterprise_id == enterprise_id, usage.c.hour >= since, usage.c.hour < until
+        )
+    )
+    entries = [UsageEntry(hour, bucket, "stream", int(pv)) for hour, bucket, pv in streamed]
+    booked = await conn.execute(
+        sa.select(
+            reconciliations.c.id,
+            reconciliations.c.created_at,
+            reconciliations.c.bucket_id,
+            reconciliations.c.delta_pv,
+        ).where(
+            reconciliations.c.enterprise_id == enterprise_id,
+            # Its hour starts in [since, until) exactly when it was made in this range.
+            reconciliations.c.created_at >= _ceil_hour(since),
+            reconciliations.c.created_at < _ceil_hour(until),
+        )
+    )
+    for row_id, created_at, bucket, pv in booked:
+        source: UsageSource = (
+            "recharge" if row_id.startswith(RECHARGE_ID_PREFIX) else "reconciliation"
+        )
+        entries.append(UsageEntry(_floor_hour(created_at), bucket, source, int(pv)))
+    return entries

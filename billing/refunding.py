@@ -3,19 +3,25 @@
 Execution, each step safe to repeat with the same idempotency key:
 
 1. the refund is quoted on live figures (any refusal stops here) and its request row is
-   committed under the key;
-2. in Redis, the order's gifts are voided and their used PV charged again to the live
-   packages (the script answers the same on a retry), then the refunded packages are
-   frozen — their final ``used`` read in the same atomic step that stops them;
-3. the lines, the re-charges, the completion and the credit to the payer's balance are
-   booked in one transaction, unless a completion exists already.
+   committed under the key, with the gifts the quote found still live;
+2. in Redis, those gifts are voided and their used PV charged again to the live packages,
+   then any other gift of the order (the scripts answer the same on a retry), then the
+   refunded packages are frozen — their final ``used`` read in the same atomic step that
+   stops them;
+3. the lines — by `refund_line`, the quote's rule, on the frozen ``used`` and the
+   re-charge of the gifts recorded in step 1 — the re-charges, the completion and the
+   credit to the payer's balance are booked in one transaction, unless a completion
+   exists already.
 
 A crash anywhere is recovered by retrying with the same key: steps 2 and 3 are idempotent,
-and the booking happens once, so nothing is ever refunded twice.
+and the booking happens once, so nothing is ever refunded twice.  A gift that an earlier
+refund voided is not this refund's: the PV it re-charged are in the packages' ``used``
+already, as the quote showed them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +31,7 @@ import sqlalchemy as sa
 from billing.audit import Auditor
 from billing.db import Database
 from billing.errors import Conflict, ValidationFailed
-from billing.ledger import OrderState, get_enterprise, get_order
+from billing.ledger import RECHARGE_ID_PREFIX, OrderState, get_enterprise, get_order
 from billing.operations import new_id
 from billing.rules.calendar import Zone
 from billing.rules.refunds import (
@@ -33,10 +39,11 @@ from billing.rules.refunds import (
     GiftState,
     OrderKind,
     PackageState,
+    RefundLine,
     RefundOrder,
     RefundQuote,
-    package_refund_fen,
     quote_refund,
+    refund_line,
 )
 from billing.schema import (
     balance_entries,
@@ -47,6 +54,10 @@ from billing.schema import (
 )
 from metering import BalanceStore
 from metering.buckets import Bucket, BucketKind, BucketStatus, Snapshot, from_ms
+
+_LINE_COLUMNS = (
+    "package_id", "paid_cash_fen", "used_before", "recharged_pv", "used_after", "refund_fen"
+)  # fmt: skip
 
 
 def _package_state(bucket: Bucket, now_ms: int) -> PackageState:
@@ -148,9 +159,9 @@ async def execute(
         raise ValidationFailed("package_ids", "a package is listed more than once")
     request = await _existing_request(db, key)
     if request is None:
-        await quote(db, store, order_id, package_ids, now=now, tz=tz)  # refusals raise here
+        quoted = await quote(db, store, order_id, package_ids, now=now, tz=tz)  # refusals
         try:
-            request = await _start(db, key, order_id, package_ids, actor, now)
+            request = await _start(db, key, order_id, package_ids, quoted.voided_gifts, actor, now)
         except sa.exc.IntegrityError:
             # The same key raced in concurrently and started first: carry on from it.
             request = await _existing_request(db, key)
@@ -163,11 +174,10 @@ async def execute(
         return completed
     async with db.engine.connect() as conn:
         state = await get_order(conn, order_id)
-    enterprise_id = state.order["enterprise_id"]
-    voided = await store.void_gifts(enterprise_id, [g["id"] for g in state.gifts], recharge=True)
-    final_used = await store.freeze(enterprise_id, request["package_ids"])
+    own, order_wide, final_used = await _void_and_freeze(store, state, request)
+    lines = _lines(state, request["package_ids"], final_used, own)
     try:
-        await _book(db, audit, request, state, voided.recharged, final_used)
+        await _book(db, audit, request, state, lines, order_wide)
     except sa.exc.IntegrityError:
         # A concurrent execution of the same refund booked it first; its booking stands.
         if await _booked(db, request["id"]) is None:
@@ -175,6 +185,25 @@ async def execute(
     booked = await _booked(db, request["id"])
     assert booked is not None
     return booked
+
+
+async def _void_and_freeze(
+    store: BalanceStore, state: OrderState, request: dict[str, Any]
+) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Step 2: per package, (this refund's re-charge, the order's gifts', final ``used``).
+
+    The gifts the request found live are voided first and alone, so that the script's
+    answer — the same on a retry — is the re-charge of those only.  Then every gift of the
+    order: one granted since, or voided by a request that crashed before booking, whose
+    re-charge the ledger must hold all the same.
+    """
+    enterprise_id = state.order["enterprise_id"]
+    every_gift = [g["id"] for g in state.gifts]
+    own_gifts = every_gift if request["voided_gifts"] is None else request["voided_gifts"]
+    own = await store.void_gifts(enterprise_id, own_gifts, recharge=True) if own_gifts else None
+    order_wide = await store.void_gifts(enterprise_id, every_gift, recharge=True)
+    final_used = await store.freeze(enterprise_id, request["package_ids"])
+    return (own.recharged if own else {}), order_wide.recharged, final_used
 
 
 async def _existing_request(db: Database, key: str) -> dict[str, Any] | None:
@@ -186,7 +215,13 @@ async def _existing_request(db: Database, key: str) -> dict[str, Any] | None:
 
 
 async def _start(
-    db: Database, key: str, order_id: str, package_ids: list[str], actor: str, now: datetime
+    db: Database,
+    key: str,
+    order_id: str,
+    package_ids: list[str],
+    voided_gifts: Sequence[str],
+    actor: str,
+    now: datetime,
 ) -> dict[str, Any]:
     async with db.engine.connect() as conn:
         state = await get_order(conn, order_id)
@@ -196,6 +231,7 @@ async def _start(
         "order_id": order_id,
         "enterprise_id": state.order["enterprise_id"],
         "package_ids": list(package_ids),
+        "voided_gifts": list(voided_gifts),
         "actor": actor,
         "created_at": now,
     }
@@ -204,29 +240,37 @@ async def _start(
     return row
 
 
+def _lines(
+    state: OrderState,
+    package_ids: Sequence[str],
+    final_used: Mapping[str, int],
+    recharged: Mapping[str, int],
+) -> list[RefundLine]:
+    """The quote's rule on the frozen figures: ``used`` before = final ``used`` − re-charge."""
+    paid_cash = {p["id"]: p["paid_cash_fen"] for p in state.packages}
+    return [
+        refund_line(
+            package_id,
+            paid_cash[package_id],
+            final_used[package_id] - recharged.get(package_id, 0),
+            recharged.get(package_id, 0),
+        )
+        for package_id in sorted(package_ids)
+    ]
+
+
 async def _book(
     db: Database,
     audit: Auditor,
     request: dict[str, Any],
     state: OrderState,
-    recharged: dict[str, int],
-    final_used: dict[str, int],
+    refund: list[RefundLine],
+    recharged: Mapping[str, int],
 ) -> None:
-    paid_cash = {p["id"]: p["paid_cash_fen"] for p in state.packages}
-    lines = []
-    for package_id in sorted(request["package_ids"]):
-        used_after = final_used[package_id]
-        lines.append(
-            {
-                "refund_id": request["id"],
-                "package_id": package_id,
-                "paid_cash_fen": paid_cash[package_id],
-                "used_before": used_after - recharged.get(package_id, 0),
-                "recharged_pv": recharged.get(package_id, 0),
-                "used_after": used_after,
-                "refund_fen": package_refund_fen(paid_cash[package_id], used_after),
-            }
-        )
+    lines = [
+        {"refund_id": request["id"], **{f: getattr(line, f) for f in _LINE_COLUMNS}}
+        for line in refund
+    ]
     total = sum(line["refund_fen"] for line in lines)
     now = datetime.now(UTC)
     enterprise_id = state.order["enterprise_id"]
@@ -279,11 +323,11 @@ async def _book(
 
 
 async def _book_recharges(
-    conn: Any, state: OrderState, enterprise_id: str, recharged: dict[str, int], now: datetime
+    conn: Any, state: OrderState, enterprise_id: str, recharged: Mapping[str, int], now: datetime
 ) -> None:
     """The gifts' used PV, charged again to packages, enters the ledger's usage once."""
     for package_id, pv in recharged.items():
-        row_id = f"rch.{state.order['id']}.{package_id}"[:64]
+        row_id = f"{RECHARGE_ID_PREFIX}{state.order['id']}.{package_id}"[:64]
         if await conn.scalar(sa.select(reconciliations.c.id).where(reconciliations.c.id == row_id)):
             continue
         await conn.execute(

@@ -228,6 +228,9 @@ refunds = sa.Table(
     sa.Column("order_id", sa.String(64), sa.ForeignKey("orders.id"), nullable=False, index=True),
     sa.Column("enterprise_id", sa.String(64), nullable=False, index=True),
     sa.Column("package_ids", sa.JSON, nullable=False),
+    # The order's gifts still live when the request was accepted: this refund voids them, so
+    # their re-charge is its own (NULL: accepted before migration 0004 — all the gifts).
+    sa.Column("voided_gifts", sa.JSON, nullable=True),
     sa.Column("actor", sa.String(128), nullable=False),
     _at("created_at"),
 )

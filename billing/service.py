@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from billing import reconcile
 from billing.api.app import create_admin_app
 from billing.api.routes import business_api
+from billing.api.server import AdminRunner
 from billing.consumer import UsageConsumer
 from billing.db import Database
 from billing.settings import BillingSettings
@@ -113,7 +114,7 @@ async def start_billing(
     metrics = web.Application()
     metrics.router.add_get("/metrics", _metrics)
     runners = [
-        web.AppRunner(build_app(settings, db, client), access_log=None),
+        AdminRunner(build_app(settings, db, client), access_log=None),
         web.AppRunner(metrics, access_log=None),
     ]
     for runner, address in zip(runners, (settings.listen, settings.metrics_listen), strict=True):

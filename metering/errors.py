@@ -5,6 +5,7 @@ Redis exceptions never leave this package: they are translated at the edge
 
     MeterError                  base of everything below
     ├── InvalidIdentifier       an enterprise or bucket id that cannot become a key part
+    ├── InvalidSite             a site definition that cannot be served (host, origin…)
     ├── BucketConflict          a bucket id credited again with other terms
     ├── ScriptFailed            a Lua script answered with an error (bad arguments, bug)
     └── MeterUnavailable        Redis could not be reached or failed (connection, cluster)
@@ -27,6 +28,15 @@ class InvalidIdentifier(MeterError, ValueError):
         self.field = field
         self.value = value
         super().__init__(f"invalid {field} {value!r}: {rule}")
+
+
+class InvalidSite(MeterError, ValueError):
+    """A site that cannot be served; ``field`` names the part at fault, ``problem`` why."""
+
+    def __init__(self, field: str, value: object, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field} {value!r}: {problem}")
 
 
 class BucketConflict(MeterError):

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from metering.errors import InvalidSite
 from metering.keys import SITES, SITES_CHANNEL, SITES_VERSION, validate_enterprise_id
 from metering.scripts import RedisClient
 
@@ -24,6 +25,31 @@ log = logging.getLogger("pvgate.sites")
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _HOST = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
 _PREFIX = re.compile(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
+_UNSAFE = re.compile(r"[\x00-\x20\x7f-\x9f]")
+
+
+def _check_origin(origin: str) -> None:
+    """An absolute http(s) URL with a host, a port in 1–65535 if any, and no userinfo.
+
+    Whitespace and control characters are refused before parsing: `urlsplit` drops tabs and
+    line breaks silently, so the URL it checked would not be the one stored.
+    """
+    if _UNSAFE.search(origin):
+        raise InvalidSite("origin", origin, "whitespace and control characters are not allowed")
+    try:
+        parts = urlsplit(origin)
+    except ValueError as exc:  # an unbalanced IPv6 bracket
+        raise InvalidSite("origin", origin, str(exc)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidSite("origin", origin, "expected an http(s) URL with a host")
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or outside 0–65535
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise InvalidSite("origin", origin, "the port must be a number from 1 to 65535")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidSite("origin", origin, "credentials (user@) are not allowed in an origin")
 
 
 class SiteStatus(StrEnum):
@@ -46,20 +72,18 @@ class Site:
 
     def __post_init__(self) -> None:
         if not _HOST.fullmatch(self.host):
-            raise ValueError(f"host {self.host!r}: expected a lowercase name or *.suffix")
+            raise InvalidSite("host", self.host, "expected a lowercase name or *.suffix")
         if not _PREFIX.fullmatch(self.path_prefix):
-            raise ValueError(
-                f"path_prefix {self.path_prefix!r}: expected '' or /segments without a final /"
+            raise InvalidSite(
+                "path_prefix", self.path_prefix, "expected '' or /segments without a final /"
             )
         validate_enterprise_id(self.enterprise_id)
-        origin = urlsplit(self.origin)
-        if origin.scheme not in ("http", "https") or not origin.hostname:
-            raise ValueError(f"origin {self.origin!r}: expected an http(s) URL")
+        _check_origin(self.origin)
         object.__setattr__(self, "status", SiteStatus(self.status))
         for name in ("include", "exclude"):
             globs = getattr(self, name)
             if not all(isinstance(g, str) and g.startswith("/") for g in globs):
-                raise ValueError(f"{name}: path globs must start with /, got {globs!r}")
+                raise InvalidSite(name, globs, "path globs must start with /")
             object.__setattr__(self, name, tuple(globs))
 
     @property

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from billing.api.auth import enterprise_scope, fetch_visible_enterprise
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id, QueryTime
+from billing.api.framework import Api, ApiModel, Id, ParamInt, QueryTime
 from billing.schema import audit_log
 
 api = Api()
@@ -29,7 +29,7 @@ class AuditQuery(ApiModel):
     until: QueryTime | None = Field(
         default=None, description="ISO 8601, exclusive; without an offset it is UTC"
     )
-    limit: int = Field(default=100, ge=1, le=1000)
+    limit: ParamInt = Field(default=100, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _ordered(self) -> AuditQuery:

@@ -2,7 +2,8 @@
 
 Every response leaves through `api_middleware`, so every one carries ``X-Request-Id`` and
 every error is ``{"error": {"code", "message"}}`` — unknown routes, wrong methods, and bugs
-included; aiohttp's HTML error pages never reach a client.  Foreign exceptions are
+included; aiohttp's HTML error pages never reach a client (nor, served by
+`billing.api.server.AdminRunner`, its HTTP parser's plain-text ones).  Foreign exceptions are
 translated here: a SQL constraint violation is a 409, an unreachable database a 503, and
 anything else a logged 500 whose message names the request id.
 """

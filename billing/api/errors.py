@@ -6,6 +6,9 @@ needs.  Every one is a `BillingError`, so one mapping renders all of them as
 
     BillingError (billing.errors)
     ├── ValidationFailed            400 invalid_request  (billing.errors; bodies, params, keys)
+    ├── MalformedRequest            400 malformed_request  the HTTP parser refused the request
+    │   ├── RequestLineTooLong      414 uri_too_long
+    │   └── HeaderTooLarge          431 header_too_large
     ├── Unauthorized                401 unauthorized     missing, unknown or revoked token
     ├── Forbidden                   403 forbidden        the route is not for this role
     ├── NotFound                    404 not_found        (billing.errors; also other tenants)
@@ -22,6 +25,24 @@ needs.  Every one is a `BillingError`, so one mapping renders all of them as
 from __future__ import annotations
 
 from billing.errors import BillingError, Conflict
+
+
+class MalformedRequest(BillingError):
+    code = "malformed_request"
+    http_status = 400
+    default_message = "the request is not well-formed HTTP"
+
+
+class RequestLineTooLong(MalformedRequest):
+    code = "uri_too_long"
+    http_status = 414
+    default_message = "the request line (method, path and query) is too long"
+
+
+class HeaderTooLarge(MalformedRequest):
+    code = "header_too_large"
+    http_status = 431
+    default_message = "a request header is too large"
 
 
 class Unauthorized(BillingError):

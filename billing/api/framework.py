@@ -20,7 +20,8 @@ handler.  A handler returns its response model (status from the route), a ``(sta
 model)`` tuple, or None for a route with ``response_model=None`` (204); it raises
 `billing.errors` classes for refusals.  Path parameters arrive as keyword arguments typed
 by the handler's annotations; with a ``query_model`` the validated query arrives as
-``query=``.
+``query=``.  Request fields are strict (`billing.api.fields`): a model with a plain ``int``,
+``bool`` or ``str`` field fails the declaration.
 """
 
 from __future__ import annotations
@@ -31,25 +32,27 @@ import re
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import (
-    AfterValidator,
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    StringConstraints,
-    ValidationError,
-    create_model,
-)
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic_core import ErrorDetails
 
 from billing.api.auth import KINDS, Kind, Principal, authenticate, bearer_token
 from billing.api.context import BILLING_DB, IDEMPOTENCY, PRINCIPALS, RequestContext
 from billing.api.edge import REQUEST_ID, error_response, json_response, translate
-from billing.api.errors import Forbidden, PayloadTooLarge, Unauthorized
+from billing.api.errors import Forbidden, MalformedRequest, PayloadTooLarge, Unauthorized
+from billing.api.fields import NO_CONTROL_CHARACTERS, TEXT_PATTERN, check_strict
+from billing.api.fields import BucketId as BucketId
+from billing.api.fields import Id as Id
+from billing.api.fields import ParamBool as ParamBool
+from billing.api.fields import ParamInt as ParamInt
+from billing.api.fields import QueryTime as QueryTime
+from billing.api.fields import Text as Text
+from billing.api.fields import Timestamp as Timestamp
 from billing.api.idempotency import KEY_HEADER, REPLAYED_HEADER, request_hash, validate_key
 from billing.errors import ValidationFailed
 
@@ -57,35 +60,6 @@ log = logging.getLogger("pvgate.billing.api")
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 ALL_ROLES: tuple[Kind, ...] = KINDS
-
-Id = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-]
-"""A ledger id (enterprise, order, partner…) as a path parameter or field."""
-
-_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
-
-
-def _utc_in_range(value: datetime) -> datetime:
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError as exc:
-        raise ValueError("date out of range") from exc
-    if not _EARLIEST <= value < _LATEST:
-        raise ValueError("date must fall between 1970 and 9000")
-    return value
-
-
-def _naive_is_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
-Timestamp = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]
-"""An ISO 8601 time with its offset (a payment, an expiry), within what the ledger stores."""
-
-QueryTime = Annotated[datetime, AfterValidator(_naive_is_utc), AfterValidator(_utc_in_range)]
-"""A time bound of a query: without an offset it is UTC."""
 
 Handler = Callable[..., Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
@@ -154,6 +128,8 @@ class Api:
 
         def register(handler: H) -> H:
             _check_declaration(method, path, handler, request_model, query_model, roles)
+            path_model = _path_model(path, handler)
+            check_strict(f"route {method} {path}", request_model, query_model, path_model)
             self._add(
                 Route(
                     method=method,
@@ -163,7 +139,7 @@ class Api:
                     response_model=response_model,
                     request_model=request_model,
                     query_model=query_model,
-                    path_model=_path_model(path, handler),
+                    path_model=path_model,
                     status=status,
                     roles=tuple(roles),
                     audit_action=audit_action,
@@ -309,6 +285,10 @@ async def _read_body(request: web.Request) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"request body over {request.client_max_size} bytes") from exc
+    except RequestPayloadError as exc:  # e.g. a Content-Encoding it does not decode to
+        cause = exc.__cause__
+        detail = cause.message if isinstance(cause, HttpProcessingError) else "broken encoding"
+        raise MalformedRequest(f"the request body cannot be read: {detail}") from exc
 
 
 def _validated_body(route: Route, request: web.Request, raw: bytes) -> BaseModel | None:
@@ -338,16 +318,20 @@ def _loads_or_none(raw: bytes) -> Any:
 def _invalid(where: str, exc: ValidationError) -> ValidationFailed:
     """One ValidationFailed naming the first bad field, and the others after it."""
     problems = [
-        (
-            ".".join([where, *(str(part) for part in err["loc"])]),
-            _FRIENDLY.get(err["type"], err["msg"]),
-        )
+        (".".join([where, *(str(part) for part in err["loc"])]), _message(err))
         for err in exc.errors(include_url=False)
     ]
     (field, first), rest = problems[0], problems[1:6]
     if rest:
         first += "; also " + "; ".join(f"{f}: {m}" for f, m in rest)
     return ValidationFailed(field, first)
+
+
+def _message(err: ErrorDetails) -> str:
+    pattern = err.get("ctx", {}).get("pattern")
+    if err["type"] == "string_pattern_mismatch" and pattern == TEXT_PATTERN:
+        return NO_CONTROL_CHARACTERS  # what Text's pattern says, in words
+    return _FRIENDLY.get(err["type"], err["msg"])
 
 
 async def _run(

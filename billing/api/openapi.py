@@ -41,7 +41,10 @@ _ERRORS = {
     "403": "This token's role may not use this route",
     "404": "Not found, or outside this token's scope",
     "409": "Conflict with the current state, or an Idempotency-Key reused or in progress",
+    "413": "Request body too large",
+    "414": "Request line (path and query) too long",
     "422": "Refused by a business rule",
+    "431": "A request header line too large",
 }
 
 

@@ -5,27 +5,25 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-import sqlalchemy as sa
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from billing import operations
 from billing.api import services
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id, QueryTime, Timestamp
+from billing.api.framework import Api, ApiModel, BucketId, Id, QueryTime, Text, Timestamp
 from billing.errors import ValidationFailed
-from billing.schema import usage
+from billing.ledger import USAGE_SOURCES, UsageSource, usage_entries
 from metering.buckets import from_ms
 
 api = Api()
-Text = Field(min_length=1, max_length=200)
 
 
 class EnterpriseIn(ApiModel):
     id: Id
     id_type: Literal["qidian", "wecom"]
-    name: str = Text
-    industry: str = Field(min_length=1, max_length=64)
-    verified: bool = False
+    name: Text = Field(min_length=1, max_length=200)
+    industry: Text = Field(min_length=1, max_length=64)
+    verified: StrictBool = False
     partner_id: Id | None = None
 
 
@@ -44,11 +42,11 @@ class EnterpriseOut(ApiModel):
 
 
 class EnterprisePatch(ApiModel):
-    verified: bool | None = None
-    flagged_abuse: bool | None = None
-    flagged_violation: bool | None = None
-    suspended: bool | None = None
-    reason: str = Field(min_length=1, max_length=500)
+    verified: StrictBool | None = None
+    flagged_abuse: StrictBool | None = None
+    flagged_violation: StrictBool | None = None
+    suspended: StrictBool | None = None
+    reason: Text = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")
     def _something(self) -> EnterprisePatch:
@@ -163,8 +161,8 @@ async def get_balance(ctx: RequestContext, body: None, enterprise_id: Id) -> Bal
 
 
 class GiftIn(ApiModel):
-    pv: int = Field(ge=1, le=100_000_000)
-    reason: str = Field(min_length=1, max_length=500)
+    pv: StrictInt = Field(ge=1, le=100_000_000)
+    reason: Text = Field(min_length=1, max_length=500)
     order_id: Id | None = None
     expires_at: Timestamp | None = None
 
@@ -207,9 +205,9 @@ async def grant_gift(ctx: RequestContext, body: GiftIn, enterprise_id: Id) -> Gi
 
 
 class AdjustmentIn(ApiModel):
-    bucket_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
-    delta_pv: int = Field(ge=-1_000_000_000, le=1_000_000_000)
-    reason: str = Field(min_length=1, max_length=500)
+    bucket_id: BucketId
+    delta_pv: StrictInt = Field(ge=-1_000_000_000, le=1_000_000_000)
+    reason: Text = Field(min_length=1, max_length=500)
 
 
 class AdjustmentOut(ApiModel):
@@ -258,6 +256,10 @@ class UsageQuery(ApiModel):
 class UsageRow(ApiModel):
     period: datetime
     bucket_id: str
+    source: UsageSource = Field(
+        description="stream: reported by the gateways; reconciliation: booked by a "
+        "reconciliation pass (may be negative); recharge: gift PV a refund charged again"
+    )
     pv: int
 
 
@@ -270,37 +272,40 @@ class UsageOut(ApiModel):
 @api.route(
     "GET",
     "/v1/enterprises/{enterprise_id}/usage",
-    summary="Usage per period and bucket",
+    summary="Usage per period, bucket and source",
     query_model=UsageQuery,
     response_model=UsageOut,
 )
 async def get_usage(
     ctx: RequestContext, body: None, enterprise_id: Id, query: UsageQuery
 ) -> UsageOut:
-    """PV used per hour or per day (UTC) and bucket, as the ledger has it (default: 31 days)."""
+    """PV used per hour or per day (UTC), bucket and source, as the ledger has it.
+
+    One row per period, bucket and ``source``: ``stream`` is the usage the gateways
+    reported; ``reconciliation`` what a reconciliation pass booked when Redis had counted
+    PV the stream never delivered (a gateway killed before its flush; negative when the
+    ledger was ahead); ``recharge`` the gift PV a refund charged again to a package.  A
+    reconciliation or re-charge counts in the period of the moment it was booked.  Summed
+    over periods and sources, a bucket's rows equal its ``used`` in the balance once
+    reconciled.  Default window: the last 31 days.
+    """
     await services.visible_enterprise(ctx, enterprise_id)
     until = query.until or datetime.now(UTC)
     since = query.since or max(until - timedelta(days=31), datetime(1970, 1, 1, tzinfo=UTC))
     if since >= until:
         raise ValidationFailed("since", "must be before until")
     async with ctx.db.engine.connect() as conn:
-        rows = (
-            await conn.execute(
-                sa.select(usage.c.hour, usage.c.bucket_id, usage.c.pv)
-                .where(
-                    usage.c.enterprise_id == enterprise_id,
-                    usage.c.hour >= since,
-                    usage.c.hour < until,
-                )
-                .order_by(usage.c.hour, usage.c.bucket_id)
-            )
-        ).all()
-    totals: dict[tuple[datetime, str], int] = {}
-    for hour, bucket_id, pv in rows:
-        period = hour if query.granularity == "hour" else hour.replace(hour=0)
-        totals[(period, bucket_id)] = totals.get((period, bucket_id), 0) + pv
+        entries = await usage_entries(conn, enterprise_id, since, until)
+    totals: dict[tuple[datetime, str, int], int] = {}
+    for e in entries:
+        period = e.hour if query.granularity == "hour" else e.hour.replace(hour=0)
+        key = (period, e.bucket_id, USAGE_SOURCES.index(e.source))
+        totals[key] = totals.get(key, 0) + e.pv
     return UsageOut(
         enterprise_id=enterprise_id,
         granularity=query.granularity,
-        items=[UsageRow(period=p, bucket_id=b, pv=n) for (p, b), n in totals.items()],
+        items=[
+            UsageRow(period=p, bucket_id=b, source=USAGE_SOURCES[s], pv=n)
+            for (p, b, s), n in sorted(totals.items())
+        ],
     )

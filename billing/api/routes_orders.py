@@ -10,7 +10,7 @@ from pydantic import Field, StrictBool, StrictInt
 from billing import operations, refunding
 from billing.api import services
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id, Timestamp
+from billing.api.framework import Api, ApiModel, BucketId, Id, Text, Timestamp
 from billing.errors import ValidationFailed
 from billing.ledger import OrderState
 from billing.rules.pricing import get_sku, quote_interop, quote_packages
@@ -21,9 +21,9 @@ api = Api()
 
 class QuoteIn(ApiModel):
     kind: Literal["pv", "interop"] = "pv"
-    sku: str | None = Field(default=None, description="pv_1m or pv_3m (kind pv)")
-    quantity: int = Field(ge=1, le=10_000_000, description="packages, or interop accounts")
-    years: int = Field(default=1, ge=1, le=10, description="interop only")
+    sku: Text | None = Field(default=None, max_length=32, description="pv_1m or pv_3m (kind pv)")
+    quantity: StrictInt = Field(ge=1, le=10_000_000, description="packages, or interop accounts")
+    years: StrictInt = Field(default=1, ge=1, le=10, description="interop only")
 
 
 class QuoteLineOut(ApiModel):
@@ -81,10 +81,10 @@ def _line(line: Any) -> QuoteLineOut:
 class OrderIn(ApiModel):
     enterprise_id: Id
     id_type: Literal["qidian", "wecom"]
-    sku: str = Field(min_length=1, max_length=32)
+    sku: Text = Field(min_length=1, max_length=32)
     quantity: StrictInt = Field(ge=1, le=10_000)
     agreement_accepted: StrictBool = Field(description="must be true (SPEC §2)")
-    voucher: str | None = Field(default=None, max_length=64)
+    voucher: Text | None = Field(default=None, max_length=64)
 
 
 class PackageOut(ApiModel):
@@ -169,7 +169,7 @@ async def get_order(ctx: RequestContext, body: None, order_id: Id) -> OrderOut:
 
 
 class PaymentIn(ApiModel):
-    reference: str = Field(min_length=1, max_length=128, description="the payment provider's")
+    reference: Text = Field(min_length=1, max_length=128, description="the payment provider's")
     paid_at: Timestamp | None = Field(default=None, description="default: now")
 
 
@@ -202,7 +202,7 @@ async def pay_order(ctx: RequestContext, body: PaymentIn, order_id: Id) -> Order
 
 
 class InvoiceIn(ApiModel):
-    number: str = Field(min_length=1, max_length=64)
+    number: Text = Field(min_length=1, max_length=64)
 
 
 @api.route(
@@ -239,7 +239,7 @@ async def return_invoice(ctx: RequestContext, body: InvoiceIn, order_id: Id) -> 
 
 class RefundIn(ApiModel):
     order_id: Id
-    package_ids: list[str] = Field(min_length=1, max_length=1000)
+    package_ids: list[BucketId] = Field(min_length=1, max_length=1000)
 
 
 class RefundLineOut(ApiModel):

@@ -3,30 +3,32 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from billing import review
 from billing.api import services
 from billing.api.auth import enterprise_scope, require_ops
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id
-from billing.errors import NotFound, ValidationFailed
+from billing.api.framework import Api, ApiModel, Id, Text
+from billing.errors import Conflict, NotFound, ValidationFailed
 from billing.schema import sites
+from metering.errors import InvalidSite
 from metering.sites import Site, SiteStatus
 
 api = Api()
-Host = str
+Host = Annotated[Text, StringConstraints(min_length=1, max_length=253)]
+Glob = Annotated[Text, StringConstraints(min_length=1, max_length=200)]
 
 
 class SiteIn(ApiModel):
     enterprise_id: Id
-    origin: str = Field(min_length=1, max_length=500)
-    path_prefix: str = Field(default="", max_length=200)
-    include: list[str] = Field(default_factory=list, max_length=50)
-    exclude: list[str] = Field(default_factory=list, max_length=50)
+    origin: Text = Field(min_length=1, max_length=500)
+    path_prefix: Text = Field(default="", max_length=200)
+    include: list[Glob] = Field(default_factory=list, max_length=50)
+    exclude: list[Glob] = Field(default_factory=list, max_length=50)
 
 
 class SiteOut(ApiModel):
@@ -53,8 +55,8 @@ def _site(host: str, body: SiteIn, status: SiteStatus) -> Site:
             include=tuple(body.include),
             exclude=tuple(body.exclude),
         )
-    except ValueError as exc:
-        raise ValidationFailed("site", str(exc)) from exc
+    except InvalidSite as exc:
+        raise ValidationFailed(exc.field, exc.problem) from exc
 
 
 def _out(row: dict[str, Any]) -> SiteOut:
@@ -170,8 +172,8 @@ async def list_sites(ctx: RequestContext, body: None, query: SitesQuery) -> Site
 
 class ReviewIn(ApiModel):
     decision: Literal["approve", "reject"]
-    note: str = Field(min_length=1, max_length=500)
-    path_prefix: str = Field(default="", max_length=200)
+    note: Text = Field(min_length=1, max_length=500)
+    path_prefix: Text = Field(default="", max_length=200)
 
 
 @api.route(
@@ -190,13 +192,16 @@ async def review_site(ctx: RequestContext, body: ReviewIn, host: Host) -> SiteOu
         raise NotFound(f"site {host + body.path_prefix!r} not found")
     d = before["definition"]
     status = SiteStatus.APPROVED if body.decision == "approve" else SiteStatus.REJECTED
-    site = Site(
-        host=d["host"],
-        enterprise_id=before["enterprise_id"],
-        origin=d["origin"],
-        path_prefix=d["path_prefix"],
-        status=status,
-        include=tuple(d["include"]),
-        exclude=tuple(d["exclude"]),
-    )
+    try:
+        site = Site(
+            host=d["host"],
+            enterprise_id=before["enterprise_id"],
+            origin=d["origin"],
+            path_prefix=d["path_prefix"],
+            status=status,
+            include=tuple(d["include"]),
+            exclude=tuple(d["exclude"]),
+        )
+    except InvalidSite as exc:  # stored before a rule it breaks: it must be PUT again
+        raise Conflict(f"site {before['key']!r} is invalid ({exc}); PUT it again") from exc
     return await _save(ctx, site, body.note, before)

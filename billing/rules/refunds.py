@@ -2,9 +2,10 @@
 
 `quote_refund` is told everything it needs — the order, the enterprise, every package's
 ``used`` as read at that moment, the gifts tied to the order, the enterprise's other
-packages, ``now`` — and answers what the refund is, or raises the refusal.  Being pure,
-it gives the same answer for a quote shown to the buyer and, run again on the final
-``used`` values read when the packages are frozen, for the refund that is booked.
+packages, ``now`` — and answers what the refund is, or raises the refusal.  Each line is
+priced by `refund_line`, which the execution applies too, to the final ``used`` read when
+the packages are frozen and the re-charge of the gifts that refund voided: a quote and the
+refund booked from it agree line by line unless traffic moved in between.
 
 The gift re-charge follows the deduction order of SPEC §3 and of the metering scripts:
 packages oldest first (``ordered_at`` in ms, then id), each taking at most its room.
@@ -225,16 +226,25 @@ def _check_request(
     return wanted
 
 
-def _line(package: PackageState, paid_cash_fen: int, recharged_pv: int) -> RefundLine:
-    used_after = package.used + recharged_pv
-    refund = package_refund_fen(paid_cash_fen, used_after)
+def refund_line(
+    package_id: str, paid_cash_fen: int, used_before: int, recharged_pv: int
+) -> RefundLine:
+    """One package's line: its own ``used`` plus the gift PV charged to it, priced (SPEC §6).
+
+    The quote applies it to the live figures, the execution to the final ``used`` read when
+    the package was frozen, less the re-charge of the gifts that refund voided: one rule,
+    so a quote and the refund executed from it agree line by line.
+    """
+    if used_before < 0 or recharged_pv < 0:
+        raise ValueError(f"package {package_id}: negative used {used_before} or re-charge")
+    used_after = used_before + recharged_pv
     return RefundLine(
-        package_id=package.id,
+        package_id=package_id,
         paid_cash_fen=paid_cash_fen,
-        used_before=package.used,
+        used_before=used_before,
         recharged_pv=recharged_pv,
         used_after=used_after,
-        refund_fen=refund,
+        refund_fen=package_refund_fen(paid_cash_fen, used_after),
         cleared=paid_cash_fen - used_after * PV_UNIT_PRICE_FEN <= 0,
     )
 
@@ -272,7 +282,7 @@ def quote_refund(
     recharged, dropped = recharge_gift_usage(owed, (*packages, *other_packages))
     shares = split_cash(order.cash_fen, len(packages))
     lines = tuple(
-        _line(p, share, recharged.get(p.id, 0))
+        refund_line(p.id, share, p.used, recharged.get(p.id, 0))
         for p, share in zip(packages, shares, strict=True)
         if p.id in wanted
     )

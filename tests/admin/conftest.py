@@ -1,9 +1,10 @@
 """Fixtures of the admin API contract tests: the FULL billing app on a real loopback port.
 
 `running_admin` starts what ``pvgate billing`` serves — `billing.service.build_app` with the
-business routes, the Redis-backed BalanceStore and SiteRegistry, the usage consumer — on a
-migrated ledger and the session's single Redis node (flushed first), makes one token per
-role and seeds, through the API itself as ops:
+business routes, the Redis-backed BalanceStore and SiteRegistry, the usage consumer, served
+by `AdminRunner` as `billing.service.start_billing` serves it — on a migrated ledger and the
+session's single Redis node (flushed first), makes one token per role and seeds, through
+the API itself as ops:
 
     partner p1 ── ent-a (wecom, retail)   order A: pv_1m × 1, paid; gift of 1,000 PV tied
                                           to order A; site shop-a.test (pending)
@@ -34,6 +35,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from billing.api.auth import create_token
+from billing.api.server import AdminRunner
 from billing.db import Database
 from billing.schema import partners
 from billing.service import build_app
@@ -265,7 +267,7 @@ async def running_admin(
     )
     client = await settings.redis.open()
     app = build_app(settings, db, client)
-    runner = web.AppRunner(app, access_log=None)
+    runner = AdminRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
     session = aiohttp.ClientSession()

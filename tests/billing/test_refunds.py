@@ -384,3 +384,61 @@ async def test_a_failed_request_retried_after_another_key_refunded_the_package_p
     assert await code_of(run(db, store, audit, state, [c], key="key-a")) == "conflict"
     assert [e["amount_fen"] for e in await rows(db, balance_entries)] == [3_000_000]
     assert await count(db, refund_completions) == 1
+
+
+def quoted_lines(quoted: Any) -> list[tuple[Any, ...]]:
+    return [(*(getattr(q, f) for f in LINE_FIELDS), q.refund_fen) for q in quoted.lines]
+
+
+async def test_a_second_refund_does_not_claim_the_recharge_of_a_gift_voided_by_the_first(
+    db: Database, store: BalanceStore, audit: SystemAuditor
+):
+    """A full, so the gift's 20 PV went to B at the first refund; the second refund of B
+    finds them in B's used, as its quote says, and re-charges nothing itself."""
+    await enterprise(db, audit)
+    state = await paid_order(db, store, audit, quantity=2)
+    a, b = (p["id"] for p in state.packages)
+    gift = await grant_gift(
+        db, store, audit, ENT, pv=20, reason="promo", order_id=state.order["id"],
+        expires_at=None, tz=TZ,
+    )  # fmt: skip
+    assert await debit_counted(store, 1_000_025) == {gift["id"]: 20, a: 1_000_000, b: 5}
+    first = await run(db, store, audit, state, [a])
+    assert booked_lines(first) == [(a, 3_000_000, 1_000_000, 0, 1_000_000, 0)]
+    [request] = await rows(db, refunds, id=first.refund_id)
+    assert request["voided_gifts"] == [gift["id"]]
+
+    quoted = await quote(db, store, state.order["id"], [b], now=now(), tz=TZ)
+    assert (quoted.voided_gifts, dict(quoted.recharged)) == ((), {})
+    second = await run(db, store, audit, state, [b], key="refund-2")
+    expected = [(b, 3_000_000, 25, 0, 25, 2_999_925)]
+    assert quoted_lines(quoted) == booked_lines(second) == expected
+    stored = await rows(db, refund_lines, refund_id=second.refund_id)
+    assert [(*(r[f] for f in LINE_FIELDS), r["refund_fen"]) for r in stored] == expected
+    # The re-charge entered the ledger once, with the first refund.
+    assert [(r["bucket_id"], r["delta_pv"]) for r in await rows(db, reconciliations)] == [(b, 20)]
+
+
+async def test_a_crashed_second_refund_retried_still_claims_no_recharge(
+    db: Database, store: BalanceStore, audit: SystemAuditor, monkeypatch: pytest.MonkeyPatch
+):
+    await enterprise(db, audit)
+    state = await paid_order(db, store, audit, quantity=2)
+    a, b = (p["id"] for p in state.packages)
+    await grant_gift(
+        db, store, audit, ENT, pv=20, reason="promo", order_id=state.order["id"],
+        expires_at=None, tz=TZ,
+    )  # fmt: skip
+    await debit_counted(store, 1_000_025)
+    await run(db, store, audit, state, [a])
+    real_book = billing.refunding._book
+
+    async def dies_once(*args: Any) -> None:
+        monkeypatch.setattr(billing.refunding, "_book", real_book)
+        raise Killed("between freeze and booking")
+
+    monkeypatch.setattr(billing.refunding, "_book", dies_once)
+    with pytest.raises(Killed):
+        await run(db, store, audit, state, [b], key="refund-2")
+    retried = await run(db, store, audit, state, [b], key="refund-2")
+    assert booked_lines(retried) == [(b, 3_000_000, 25, 0, 25, 2_999_925)]

@@ -12,11 +12,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from billing.api.auth import fetch_visible_enterprise
 from billing.api.context import RequestContext
-from billing.api.framework import Api, ApiModel, Id
+from billing.api.framework import Api, ApiModel, Id, ParamInt, Text
 from billing.errors import Conflict, NotFound
 from billing.schema import enterprises
 
@@ -37,9 +37,9 @@ class Color(enum.StrEnum):
 
 
 class EchoIn(ApiModel):
-    name: str = Field(max_length=50)
-    count: int
-    tags: list[str] = Field(default_factory=list)
+    name: Text = Field(max_length=50)
+    count: StrictInt
+    tags: list[Text] = Field(default_factory=list)
 
 
 class EchoOut(ApiModel):
@@ -55,9 +55,9 @@ class Thing(ApiModel):
 
 
 class SearchQuery(ApiModel):
-    q: str
-    limit: int = Field(default=10, ge=1, le=50)
-    tag: list[str] = Field(default_factory=list)
+    q: Text
+    limit: ParamInt = Field(default=10, ge=1, le=50)
+    tag: list[Text] = Field(default_factory=list)
     color: set[Color] | None = None
 
 
@@ -69,8 +69,8 @@ class SearchOut(ApiModel):
 
 
 class NoteIn(ApiModel):
-    text: str = Field(max_length=200)
-    reason: str = Field(default="", max_length=500)
+    text: Text = Field(max_length=200)
+    reason: Text = Field(default="", max_length=500)
 
 
 class NoteOut(ApiModel):
@@ -103,7 +103,7 @@ async def echo(ctx: RequestContext, body: EchoIn) -> EchoOut:
 
 
 @api.route("GET", "/v1/things/{thing_id}", summary="Read a thing", response_model=Thing)
-async def get_thing(ctx: RequestContext, body: None, thing_id: int) -> Thing:
+async def get_thing(ctx: RequestContext, body: None, thing_id: ParamInt) -> Thing:
     if thing_id > 100:
         raise NotFound(f"thing {thing_id} not found")
     return Thing(id=thing_id, label=f"thing {thing_id}")
@@ -112,7 +112,7 @@ async def get_thing(ctx: RequestContext, body: None, thing_id: int) -> Thing:
 @api.route(
     "DELETE", "/v1/things/{thing_id}", summary="Forget a thing", response_model=None, roles=("ops",)
 )
-async def delete_thing(ctx: RequestContext, body: None, thing_id: int) -> None:
+async def delete_thing(ctx: RequestContext, body: None, thing_id: ParamInt) -> None:
     _count(ctx, "delete")
 
 

@@ -7,10 +7,11 @@ import re
 
 import pytest
 from openapi_spec_validator import validate
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from billing.api import audit_routes
-from billing.api.framework import Api
+from billing.api.fields import loose_fields
+from billing.api.framework import Api, ApiModel, Id, ParamBool, ParamInt, Text
 from billing.db import Database
 from tests.billing_api import demo
 from tests.billing_api.conftest import ClientFactory, Tokens
@@ -284,3 +285,87 @@ async def test_an_api_that_already_includes_the_built_in_routes_is_fine(
     assert len(combined.routes) == len(demo.api.routes) + len(audit_routes.api.routes)
     client = await make_client(sqlite_ledger)
     assert (await client.get("/v1/audit", headers=ops)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "a", "count": True}, "body.count"),
+        ({"name": "a", "count": "3"}, "body.count"),
+        ({"name": "a", "count": 3.0}, "body.count"),
+        ({"name": "a\u0000", "count": 3}, "body.name"),
+        ({"name": "a", "count": 3, "tags": ["ok", "line\nbreak"]}, "body.tags.1"),
+    ],
+)
+async def test_bodies_are_strict(sqlite_client, ops, body, field):
+    response = await sqlite_client.post("/v1/echo", json=body, headers=ops)
+    assert response.status == 400
+    assert (await error_of(response))["message"].startswith(f"{field}:")
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v1/things/7", 200),
+        ("/v1/things/007", 200),
+        ("/v1/things/7.0", 400),
+        ("/v1/things/%2B7", 400),
+        ("/v1/things/1_0", 400),
+        ("/v1/things/true", 400),
+        ("/v1/search?q=x&limit=5.5", 400),
+        ("/v1/search?q=x&limit=%205", 400),
+        ("/v1/search?q=x%00", 400),
+    ],
+)
+async def test_parameters_are_read_strictly_from_text(sqlite_client, ops, path, status):
+    assert (await sqlite_client.get(path, headers=ops)).status == status
+
+
+def test_param_types_take_only_plain_text_forms():
+    class Flags(BaseModel):
+        n: ParamInt = 0
+        on: ParamBool = False
+
+    assert Flags.model_validate({"n": "-12", "on": "true"}) == Flags(n=-12, on=True)
+    assert Flags.model_validate({"on": "false"}).on is False
+    for bad in ({"n": "1.5"}, {"n": "true"}, {"n": "１"}, {"n": True}, {"on": "yes"},
+                {"on": "1"}, {"on": "True"}, {"on": 1}):  # fmt: skip
+        with pytest.raises(ValidationError):
+            Flags.model_validate(bad)
+
+
+def test_loose_fields_fail_the_declaration():
+    class LooseBody(ApiModel):
+        n: int
+        flag: bool | None = None
+        words: list[str] = Field(default_factory=list)
+
+    class LooseQuery(ApiModel):
+        limit: StrictInt = 1  # strict refuses every query string: it must read text
+
+    class Good(ApiModel):
+        n: StrictInt
+        note: Text = ""
+        ids: list[Id] = Field(default_factory=list)
+
+    api = Api()
+    with pytest.raises(TypeError, match=r"\['n', 'flag', 'words'\] accept too much"):
+        api.route("POST", "/v1/a", summary="a", request_model=LooseBody, response_model=EchoOut)(
+            _handler
+        )
+    with pytest.raises(TypeError, match=r"\['limit'\] accept too much"):
+        api.route("GET", "/v1/a", summary="a", query_model=LooseQuery, response_model=EchoOut)(
+            _query_handler
+        )
+    with pytest.raises(TypeError, match=r"\['n'\] accept too much"):
+        api.route("GET", "/v1/b/{n}", summary="b", response_model=EchoOut)(_int_path_handler)
+    assert loose_fields(Good, params=False) == []
+    assert loose_fields(Good, params=True) == ["n"]  # a body type in the query
+
+
+async def _query_handler(ctx, body, query):
+    return None
+
+
+async def _int_path_handler(ctx, body, n: int):
+    return None

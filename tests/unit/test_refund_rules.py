@@ -20,6 +20,7 @@ from billing.rules.refunds import (
     RefundOrder,
     package_refund_fen,
     quote_refund,
+    refund_line,
     split_cash,
 )
 
@@ -337,3 +338,15 @@ def test_times_in_other_offsets_sort_by_instant():
     b = pkg("a-sh", used=0, granted=1, at=PAID)
     q = refund([a, b], ["b-utc"], gifts=[GiftState(id="g", used=1)], cash=2)
     assert q.recharged == {"a-sh": 1}
+
+
+def test_a_line_prices_its_own_used_plus_the_recharge():
+    """The rule the quote and the execution share (R1's package B)."""
+    line = refund_line("b", 3_000_000, 490_000, 10_000)
+    assert (line.used_before, line.recharged_pv, line.used_after) == (490_000, 10_000, 500_000)
+    assert (line.refund_fen, line.cleared) == (1_500_000, False)
+    full = refund_line("a", 3_000_000, 999_990, 10)
+    assert (full.refund_fen, full.cleared) == (0, True)
+    for used_before, recharged in ((-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match="negative"):
+            refund_line("x", 1, used_before, recharged)
