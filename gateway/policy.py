@@ -91,10 +91,15 @@ class Policy:
         )
         self.upstream_failed = {
             status: Local(
-                Page(status, blockpage.UNAVAILABLE_PAGE, headers=(no_store,), server=server),
+                Page(
+                    status,
+                    blockpage.UNAVAILABLE_PAGE,
+                    headers=(no_store, retry) if status == 503 else (no_store,),
+                    server=server,
+                ),
                 "upstream_error",
             )
-            for status in (502, 504)
+            for status in (502, 503, 504)
         }
 
     def route(self, request: Request) -> Decision | ChargeFirst:

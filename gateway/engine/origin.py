@@ -60,7 +60,7 @@ class OriginUnavailable(Exception):
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
-        self.status = status  # 502, or 504 for a timeout
+        self.status = status  # 502; 504 for a connect timeout; 503 for no connection free
 
 
 class OriginConnection(asyncio.Protocol):
@@ -210,9 +210,7 @@ class OriginPool:
             self._connect(origin, slots, future, upload)
         else:
             slots.waiters.append((future, upload))
-            asyncio.get_running_loop().call_later(
-                self._connect_timeout, self._expire, future, "no connection to the origin free"
-            )
+            asyncio.get_running_loop().call_later(self._connect_timeout, self._expire, future)
         return future
 
     def _may_open(self, slots: _Slots, upload: bool) -> bool:
@@ -220,9 +218,11 @@ class OriginPool:
             return False
         return slots.open < self._per_host and self._open < self._settings.pool_size
 
-    def _lend(self, slots: _Slots, conn: OriginConnection, upload: bool) -> OriginConnection:
+    def _lend(
+        self, slots: _Slots, conn: OriginConnection, upload: bool, counted: bool = False
+    ) -> OriginConnection:
         conn.upload = upload
-        if upload:
+        if upload and not counted:
             slots.uploads += 1
         return conn
 
@@ -235,6 +235,8 @@ class OriginPool:
     ) -> None:
         slots.open += 1
         self._open += 1
+        if upload:
+            slots.uploads += 1  # counted while connecting, so that no more are started
         task = asyncio.get_running_loop().create_task(
             self._open_connection(origin, slots, future, upload)
         )
@@ -261,22 +263,28 @@ class OriginPool:
                 )
         except TimeoutError:
             error = OriginUnavailable(504, "connecting to the origin timed out")
-            self._failed(slots, future, error)
+            self._failed(slots, future, error, upload)
             return
         except OSError as exc:
             reason = f"cannot connect to the origin: {exc.strerror or exc}"
-            self._failed(slots, future, OriginUnavailable(502, reason))
+            self._failed(slots, future, OriginUnavailable(502, reason), upload)
             return
         if future.done():  # the exchange went away meanwhile: keep it for the next one
-            self.release(conn, reusable=True, upload=False)
+            self.release(conn, reusable=True, upload=upload)
         else:
-            future.set_result(self._lend(slots, conn, upload))
+            future.set_result(self._lend(slots, conn, upload, counted=True))
 
     def _failed(
-        self, slots: _Slots, future: asyncio.Future[OriginConnection], error: Exception
+        self,
+        slots: _Slots,
+        future: asyncio.Future[OriginConnection],
+        error: Exception,
+        upload: bool,
     ) -> None:
         slots.open -= 1
         self._open -= 1
+        if upload:
+            slots.uploads -= 1
         if not future.done():
             future.set_exception(error)
         self._serve_waiters()
@@ -286,9 +294,9 @@ class OriginPool:
             self._tls = ssl.create_default_context()
         return self._tls
 
-    def _expire(self, future: asyncio.Future[OriginConnection], reason: str) -> None:
-        if not future.done():
-            future.set_exception(OriginUnavailable(504, reason))
+    def _expire(self, future: asyncio.Future[OriginConnection]) -> None:
+        if not future.done():  # capacity, not a slow origin: 503, to be retried
+            future.set_exception(OriginUnavailable(503, "no connection to the origin free"))
 
     def release(self, conn: OriginConnection, *, reusable: bool, upload: bool) -> None:
         """An exchange is done with ``conn``: keep it (complete keep-alive response) or not."""

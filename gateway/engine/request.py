@@ -110,6 +110,10 @@ class Request:
         self.path = unquote(raw, errors="replace") if "%" in raw else raw
         if self.method == "CONNECT":
             raise BadRequest(405, "CONNECT is not served")
+        if self.upgrade and fields.get("upgrade", "").strip().lower() != "websocket":
+            # Only websockets are tunnelled; any other Upgrade (h2c, say) is a plain
+            # request, its Upgrade header dropped as the hop-by-hop header it is.
+            self.upgrade = False
         if self.upgrade and self.has_body:
             raise BadRequest(400, "an Upgrade request with a body")
         expect = fields.get("expect")

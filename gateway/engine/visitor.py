@@ -16,6 +16,7 @@ mid-body gets 408 and its origin connection is closed, never reused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -186,12 +187,11 @@ class VisitorConnection(asyncio.Protocol):
     def _parse(self, data: bytes) -> None:
         parser = self._parser
         assert parser is not None
-        try:
+        # On an Upgrade the head was fed whole.  A websocket request: what follows is for
+        # the origin once it answers 101.  Any other Upgrade is served as a plain request
+        # (`Request.complete`), and httptools has already resumed parsing after it.
+        with contextlib.suppress(httptools.HttpParserUpgrade):
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._request is None or not self._request.upgrade:
-                raise BadRequest(400, "unexpected upgrade") from None
-            # The head was fed whole: what follows is for the origin, once it says 101.
 
     def _hold(self, data: bytes) -> None:
         self._held += data
