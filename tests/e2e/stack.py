@@ -1,14 +1,17 @@
-"""The whole product as a user runs it: ``pvgate run`` (billing + gateway) on real Redis.
+"""The whole product as a user runs it: billing and the gateway on real Redis.
 
 `start_stack` writes a gateway and a billing TOML file, migrates a SQLite ledger, creates
-an ops token with ``pvgate token create`` and starts ``pvgate run``; `Stack.admin` calls
-the admin API with that token.  `Stack.onboard` registers an enterprise, grants it gift PV
-and approves its site through the API, as ops would.
+an ops token with ``pvgate token create`` and starts ``pvgate run`` — or, with
+``split=True``, ``pvgate gateway`` and ``pvgate billing`` as two processes, so that each
+can be killed on its own.  `Stack.admin` calls the admin API with that token;
+`Stack.onboard` registers an enterprise, grants it gift PV and approves its site through
+the API, as ops would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,14 +46,64 @@ def pvgate(*args: str) -> str:
     return done.stdout
 
 
+def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+        )
+
+
+def _stop(process: subprocess.Popen[bytes], how: signal.Signals) -> int:
+    if process.poll() is None:
+        process.send_signal(how)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+    return process.returncode
+
+
 @dataclass
 class Stack:
-    gateway: Gateway  # the `pvgate run` process: supervisor, billing and workers
+    gateway: Gateway  # `pvgate run` (supervisor, billing and workers), or `pvgate gateway`
     admin_port: int
     billing_metrics_port: int
     token: str
     billing_config: Path
     gateway_config: Path
+    billing: subprocess.Popen[bytes] | None = None  # `pvgate billing`, when split
+    billing_log: Path | None = None
+
+    def workers(self) -> list[int]:
+        """The pids of the gateway's worker processes."""
+        found = subprocess.run(
+            ["pgrep", "-P", str(self.gateway.process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return [
+            int(pid)
+            for pid in found
+            if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        ]
+
+    def start_billing(self) -> None:
+        """(Re)start ``pvgate billing`` (split stacks only)."""
+        assert self.billing_log is not None
+        self.billing = _start(["billing", "--config", str(self.billing_config)], self.billing_log)
+
+    async def wait_billing(self, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{self.admin_url}/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise AssertionError("billing not ready")
 
     @property
     def admin_url(self) -> str:
@@ -113,15 +166,9 @@ class Stack:
             await asyncio.sleep(0.2)
 
     def stop(self, how: signal.Signals = signal.SIGTERM) -> int:
-        process = self.gateway.process
-        if process.poll() is None:
-            process.send_signal(how)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-        return process.returncode
+        if self.billing is not None:
+            _stop(self.billing, how)
+        return _stop(self.gateway.process, how)
 
 
 def start_stack(
@@ -132,8 +179,10 @@ def start_stack(
     gateway: dict[str, Any] | None = None,
     billing: dict[str, Any] | None = None,
     database: Path | None = None,
+    split: bool = False,
 ) -> Stack:
-    """``pvgate run`` with default settings but for ports, Redis, ledger and ``workers``."""
+    """``pvgate run`` (or, ``split``, ``pvgate gateway`` and ``pvgate billing``) with
+    default settings but for ports, Redis, ledger and ``workers``."""
     port, metrics_port, admin_port, billing_metrics = (free_port() for _ in range(4))
     redis = redis_config(servers)
     gateway_conf = {
@@ -158,22 +207,23 @@ def start_stack(
     pvgate("migrate", "--config", str(billing_path))
     token = pvgate("token", "create", "--role", "ops", "--config", str(billing_path))
     log = tmp / f"run-{port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "run",
-                "--gateway-config",
-                str(gateway_path),
-                "--billing-config",
-                str(billing_path),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_env(),
+    if split:
+        stack = Stack(
+            Gateway(
+                _start(["gateway", "--config", str(gateway_path)], log), port, metrics_port, log
+            ),
+            admin_port,
+            billing_metrics,
+            token.strip().splitlines()[-1],
+            billing_path,
+            gateway_path,
+            billing_log=tmp / f"billing-{port}.log",
         )
+        stack.start_billing()
+        return stack
+    process = _start(
+        ["run", "--gateway-config", str(gateway_path), "--billing-config", str(billing_path)], log
+    )
     return Stack(
         Gateway(process, port, metrics_port, log),
         admin_port,
