@@ -7,7 +7,7 @@ as themselves: they are translated at the edge with ``raise ... from exc``.
 
     BillingError                    base of everything below (500 unless a subclass says)
     ├── ValidationFailed        400 invalid_request: a field is missing, malformed or unknown
-    ├── Refused                 422 a business rule says no (SPEC §1, §2, §6)
+    ├── Refused                 422 a business rule says no (docs/rules.md §1, §2, §6)
     │   ├── AgreementNotAccepted      agreement_not_accepted
     │   ├── VoucherNotAllowed         voucher_not_allowed
     │   ├── EnterpriseNotVerified     enterprise_not_verified

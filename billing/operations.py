@@ -1,4 +1,4 @@
-"""Business operations (SPEC §2, §3): enterprises, orders, payments, gifts, adjustments,
+"""Business operations (docs/rules.md §2, §3): enterprises, orders, payments, gifts, adjustments,
 invoices.  Each is one ledger transaction with its audit row; those that change balances
 then write through to Redis with idempotent scripts, so that a retry after a crash between
 the two completes the work instead of doing it twice.
@@ -109,7 +109,7 @@ class OrderRequest:
 
 
 async def create_order(db: Database, audit: Auditor, request: OrderRequest) -> OrderState:
-    """An order ``pending_payment`` after every precondition of SPEC §2 holds."""
+    """An order ``pending_payment`` after every precondition of docs/rules.md §2 holds."""
     quote = quote_packages(request.sku, request.quantity)
     async with db.begin() as conn:
         enterprise = await get_enterprise(conn, request.enterprise_id)

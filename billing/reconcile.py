@@ -6,7 +6,7 @@ both sides twice, ``settle`` seconds apart (the stream having been drained in be
 and books a reconciliation row only for a bucket whose Redis counter did not move and
 whose difference was the same both times — so usage still on its way (a live gateway
 flushes every second) is never booked twice.  The same pass records what expired buckets
-cancelled (SPEC §1.1).
+cancelled (docs/rules.md §1.1).
 """
 
 from __future__ import annotations

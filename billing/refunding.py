@@ -1,4 +1,4 @@
-"""Refund quotes and their execution (SPEC §6) against the ledger and Redis.
+"""Refund quotes and their execution (docs/rules.md §6) against the ledger and Redis.
 
 Execution, each step safe to repeat with the same idempotency key:
 

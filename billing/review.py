@@ -1,4 +1,4 @@
-"""Content review of sites (SPEC §5): the automatic reviewer, before ops decide.
+"""Content review of sites (docs/rules.md §5): the automatic reviewer, before ops decide.
 
 The reviewer only ever rejects: a restricted industry, or an origin page containing a
 deny-listed word.  A site it passes stays ``pending`` until ops approve it.

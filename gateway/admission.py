@@ -3,7 +3,7 @@
 A request beyond that waits in a FIFO queue of at most ``max_queued``, for at most
 ``queue_timeout``; when the queue is full, or the wait runs out, it is refused at once
 with a 503 and ``Retry-After`` — before any PV is taken and without counting against
-Redis (docs/architecture.md §5).  Overload thus shows as a bounded queue and fast,
+Redis (docs/architecture.md §10).  Overload thus shows as a bounded queue and fast,
 explicit refusals instead of every request slowing down until deadlines pass.
 
 The worker keeps accepting connections while saturated instead of pausing ``accept``:

@@ -1,4 +1,4 @@
-"""What counts as a page view (DESIGN §4).
+"""What counts as a page view (docs/architecture.md §4).
 
 A PV is a ``GET`` for a document — ``Sec-Fetch-Dest: document|iframe``, or, from a client
 that sends no ``Sec-Fetch-*`` headers, an ``Accept`` naming ``text/html`` — for a path

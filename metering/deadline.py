@@ -1,4 +1,4 @@
-"""The deadline of one round of debits: Redis time, not wall time (docs/architecture.md §5).
+"""The deadline of one round of debits: Redis time, not wall time (docs/architecture.md §10).
 
 A `Deadline` is armed when its round is written to Redis.  When it comes due it takes the
 event loop's stall since then (`metering.looplag`) from the round's age; while what is

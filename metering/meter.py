@@ -17,7 +17,7 @@ round, so the batch grows with the load by itself (the Nagle idea) and a busy ga
 makes far fewer, larger script calls; a second round overlaps the first only when it
 is wide (a quarter of ``max_pipeline`` enterprises or more).
 
-The deadline measures Redis, not the gateway (docs/architecture.md §5).  A round's
+The deadline measures Redis, not the gateway (docs/architecture.md §10).  A round's
 ``timeout`` starts when the round is written to Redis — time a debit spent queued in the
 worker before that is bounded by the gateway's admission control, never by declaring Redis
 failed — and the time the event loop itself stalled meanwhile (`metering.looplag`) is

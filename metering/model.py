@@ -1,4 +1,4 @@
-"""A pure-Python reference model of SPEC §3 (deduction order) and of every metering script.
+"""A pure-Python reference model of docs/rules.md §3 (deduction order) and of every metering script.
 
 No I/O and no clock: each operation is told ``now`` (ms).  The tests run it side by side
 with the Lua scripts and demand the same answers; it is deliberately written the plain

@@ -1,4 +1,4 @@
-"""UsageRecorder: tells billing which bucket paid for each page view (DESIGN §3).
+"""UsageRecorder: tells billing which bucket paid for each page view (docs/architecture.md §3).
 
 `UsageRecorder.record` is synchronous and O(1) on the hot path: it adds n to a dict keyed
 by ``(enterprise_id, bucket_id)``.  Every ``interval`` seconds a background task cuts that

@@ -1,4 +1,4 @@
-"""The admin HTTP API (DESIGN §6): a declarative route layer, tokens, idempotency, audit.
+"""The admin HTTP API (docs/architecture.md §6): declarative routes, tokens, idempotency, audit.
 
 Modules: `framework` (Api, routes, ApiModel), `context` (RequestContext, app keys), `auth`
 (tokens, principals, scope), `idempotency`, `openapi`, `audit_routes`, `app`

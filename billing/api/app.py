@@ -1,4 +1,4 @@
-"""The admin API application (DESIGN §6): routes, auth, idempotency, ``/openapi.json``.
+"""The admin API application (docs/architecture.md §6): routes, auth, idempotency, OpenAPI.
 
 ``create_admin_app(db, api)`` serves ``api``'s routes plus the built-in ones
 (``GET /v1/audit``, ``GET /openapi.json``, ``GET /healthz``).  The caller owns ``db`` (it

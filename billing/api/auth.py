@@ -1,4 +1,4 @@
-"""Admin API tokens, principals and tenant scope (DESIGN §6).
+"""Admin API tokens, principals and tenant scope (docs/architecture.md §6).
 
 A token is ``pvg_`` + 43 URL-safe characters, shown once when created; the ledger keeps only
 its SHA-256 (``api_tokens.token_hash``), so a leaked database leaks no usable token.  Its

@@ -1,4 +1,4 @@
-"""``Idempotency-Key`` on POST, with Stripe's semantics (DESIGN §6).
+"""``Idempotency-Key`` on POST, with Stripe's semantics (docs/architecture.md §6).
 
 A key belongs to one actor (the token's role: a tenant, or ops).  The first request with a
 key claims it by inserting a placeholder row (status 0) in ``idempotency_records`` — the

@@ -1,4 +1,4 @@
-"""Enterprises, their balance, gifts, adjustments and usage (DESIGN §6)."""
+"""Enterprises, their balance, gifts, adjustments and usage (docs/architecture.md §6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Quotes, orders, payments, invoices and refunds (SPEC §2, §6, §7)."""
+"""Quotes, orders, payments, invoices and refunds (docs/rules.md §2, §6, §7)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class OrderIn(ApiModel):
     id_type: Literal["qidian", "wecom"]
     sku: Text = Field(min_length=1, max_length=32)
     quantity: StrictInt = Field(ge=1, le=10_000)
-    agreement_accepted: StrictBool = Field(description="must be true (SPEC §2)")
+    agreement_accepted: StrictBool = Field(description="must be true (docs/rules.md §2)")
     voucher: Text | None = Field(default=None, max_length=64)
 
 
@@ -138,7 +138,7 @@ def order_out(state: OrderState) -> OrderOut:
 @api.route(
     "POST",
     "/v1/orders",
-    summary="Create an order (SPEC §2)",
+    summary="Create an order (docs/rules.md §2)",
     status=201,
     request_model=OrderIn,
     response_model=OrderOut,

@@ -1,4 +1,4 @@
-"""Sites and their review (SPEC §5): written to the ledger and through the site registry."""
+"""Sites and their review (docs/rules.md §5): written to the ledger and the site registry."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Calendar arithmetic on business dates (SPEC §1.1 expiry, §6 refund window).
+"""Calendar arithmetic on business dates (docs/rules.md §1.1 expiry, §6 refund window).
 
 "One calendar year / month after payment" is a statement about the wall clock where the
 business runs (``Asia/Shanghai`` unless a deployment sets another zone), not about UTC: a
@@ -61,14 +61,14 @@ def add_years(moment: datetime, years: int, tz: Zone = DEFAULT_TZ) -> datetime:
 
 
 def package_expiry(paid_at: datetime, tz: Zone = DEFAULT_TZ) -> datetime:
-    """When a package paid at ``paid_at`` expires: one calendar year later (SPEC §1.1)."""
+    """When a package paid at ``paid_at`` expires: one calendar year later (docs/rules.md §1.1)."""
     return add_years(paid_at, 1, tz)
 
 
 def refund_window_end(paid_at: datetime, tz: Zone = DEFAULT_TZ) -> datetime:
     """The first instant at which an order paid at ``paid_at`` can no longer be refunded.
 
-    One calendar month after payment, clamped to the month's end (SPEC §6).
+    One calendar month after payment, clamped to the month's end (docs/rules.md §6).
     """
     return add_months(paid_at, 1, tz)
 

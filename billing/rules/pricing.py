@@ -1,4 +1,4 @@
-"""Prices and purchase preconditions (SPEC §1, §2, §7): pure functions, money in int fen.
+"""Prices and purchase preconditions (docs/rules.md §1, §2, §7): pure functions, money in int fen.
 
 PV packages are sold by SKU; WeCom interop accounts per account per year in bands, priced
 ``graduated`` (each account at the band it falls in) or ``volume`` (every account at the
@@ -21,7 +21,7 @@ from billing.errors import (
     VoucherNotAllowed,
 )
 
-# What one PV costs inside every package; a refund charges used PV at this price (SPEC §6).
+# What one PV costs inside every package; a refund charges used PV at this price (docs/rules.md §6).
 PV_UNIT_PRICE_FEN: Final = 3
 
 
@@ -133,7 +133,7 @@ def get_sku(sku: object) -> Sku:
 
 
 def quote_packages(sku: str, quantity: int) -> PackageQuote:
-    """Price ``quantity`` (≥ 1) packages of ``sku`` (SPEC §1.1)."""
+    """Price ``quantity`` (≥ 1) packages of ``sku`` (docs/rules.md §1.1)."""
     item = get_sku(sku)
     quantity = _positive_int(quantity, "quantity")
     total = item.price_fen * quantity
@@ -179,7 +179,7 @@ def _band_line(band: InteropBand, count: int, years: int) -> QuoteLine:
 
 
 def quote_interop(accounts: int, years: int = 1, mode: PricingMode = "graduated") -> InteropQuote:
-    """Price ``accounts`` WeCom interop accounts for ``years`` years (SPEC §1.2).
+    """Price ``accounts`` WeCom interop accounts for ``years`` years (docs/rules.md §1.2).
 
     ``graduated``: each account is priced by the band it falls in, one line per band used.
     ``volume``: every account at the band of the total, one line.  More than
@@ -211,7 +211,7 @@ def quote_interop(accounts: int, years: int = 1, mode: PricingMode = "graduated"
 
 
 def is_restricted_industry(industry: str) -> bool:
-    """Whether an enterprise of ``industry`` may not buy (SPEC §1.1: P2P lending, medical)."""
+    """Whether an enterprise of ``industry`` may not buy (docs/rules.md §1.1: P2P, medical)."""
     return industry.strip().casefold() in RESTRICTED_INDUSTRIES
 
 
@@ -222,7 +222,7 @@ def check_purchase(
     agreement_accepted: object,
     voucher: object = None,
 ) -> None:
-    """Refuse a purchase (PV packages or interop accounts) that SPEC §1–§2 does not allow.
+    """Refuse a purchase (PV packages or interop accounts) that docs/rules.md §1–§2 does not allow.
 
     Checked in this order, the first failure raised: the enterprise's real-name
     verification (`EnterpriseNotVerified`), its industry (`RestrictedIndustry`), the

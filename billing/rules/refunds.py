@@ -1,4 +1,4 @@
-"""The refund of an order's packages (SPEC §6), computed as a pure function.
+"""The refund of an order's packages (docs/rules.md §6), computed as a pure function.
 
 `quote_refund` is told everything it needs — the order, the enterprise, every package's
 ``used`` as read at that moment, the gifts tied to the order, the enterprise's other
@@ -7,7 +7,7 @@ priced by `refund_line`, which the execution applies too, to the final ``used`` 
 the packages are frozen and the re-charge of the gifts that refund voided: a quote and the
 refund booked from it agree line by line unless traffic moved in between.
 
-The gift re-charge follows the deduction order of SPEC §3 and of the metering scripts:
+The gift re-charge follows the deduction order of docs/rules.md §3 and of the metering scripts:
 packages oldest first (``ordered_at`` in ms, then id), each taking at most its room.
 """
 
@@ -156,7 +156,7 @@ def split_cash(cash_fen: int, parts: int) -> tuple[int, ...]:
 
 
 def package_refund_fen(paid_cash_fen: int, used_pv: int) -> int:
-    """SPEC §6 for one package: ``paid_cash - used × 3 fen``, never below 0."""
+    """docs/rules.md §6 for one package: ``paid_cash - used × 3 fen``, never below 0."""
     return max(0, paid_cash_fen - used_pv * PV_UNIT_PRICE_FEN)
 
 
@@ -229,7 +229,7 @@ def _check_request(
 def refund_line(
     package_id: str, paid_cash_fen: int, used_before: int, recharged_pv: int
 ) -> RefundLine:
-    """One package's line: its own ``used`` plus the gift PV charged to it, priced (SPEC §6).
+    """One package's line: its ``used`` plus the gift PV charged to it, priced (docs/rules.md §6).
 
     The quote applies it to the live figures, the execution to the final ``used`` read when
     the package was frozen, less the re-charge of the gifts that refund voided: one rule,
@@ -260,7 +260,7 @@ def quote_refund(
     now: datetime,
     tz: Zone = DEFAULT_TZ,
 ) -> RefundQuote:
-    """Refund the ``requested`` packages of ``order`` at ``now`` (SPEC §6), or refuse.
+    """Refund the ``requested`` packages of ``order`` at ``now`` (docs/rules.md §6), or refuse.
 
     ``packages`` are all of the order's packages in the order's own order (position 0
     first: the remainder fen of the cash split go to the first ones); ``other_packages`` are

@@ -7,7 +7,7 @@ found.  Per worker at most ``pool_size`` connections are open, ``pool_size_per_h
 one origin; past that, exchanges wait (FIFO) until one is released or a slot frees, at
 most ``connect_timeout_ms``.  Requests that stream their body to the origin (larger than
 ``request_buffer_bytes``) may hold at most half of an origin's connections, so that slow
-uploads can never take every connection from the page views (docs/architecture.md §5).
+uploads can never take every connection from the page views (docs/architecture.md §10).
 """
 
 from __future__ import annotations

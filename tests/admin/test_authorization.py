@@ -1,4 +1,4 @@
-"""The authorization matrix of the admin API (DESIGN §6): every route × every caller.
+"""The authorization matrix of the admin API (docs/architecture.md §6): every route × every caller.
 
 The target of every call is partner p1's enterprise ent-a (or one of its orders, gifts,
 sites).  Callers: ops; partner p1 (own) and p2 (other); merchant ent-a (own) and ent-b
@@ -88,7 +88,7 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("POST", "/v1/sites/{host}/review"):                 (200,  403,  403,  403,  403),
 }  # fmt: skip
 
-# Every route of DESIGN §6 (the interop and alert routes come with a later issue).
+# Every route of docs/architecture.md §6 (the interop and alert routes come with a later issue).
 DESIGN_ROUTES = {
     *MATRIX,
     ("PUT", "/v1/enterprises/{enterprise_id}/alerts"),

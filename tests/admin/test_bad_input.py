@@ -1,4 +1,4 @@
-"""Bad input is answered with a 4xx and changes nothing — never a 500 (DESIGN §6).
+"""Bad input is answered with a 4xx and changes nothing — never a 500 (docs/architecture.md §6).
 
 Edge values that the route-by-route contract tests do not reach: dates at the ends of what
 Python's datetime holds, dates before the epoch; numbers and booleans of another JSON type

@@ -1,4 +1,4 @@
-"""The purchase flow over HTTP (SPEC §2, §5, §6, §7) against the full admin app.
+"""The purchase flow over HTTP (docs/rules.md §2, §5, §6, §7) against the full admin app.
 
 Orders and their refusals, payment (idempotent, one set of buckets), quotes (vector P1),
 refunds (vector R1, idempotency, invoices, window, flags), sites and their review, and the

@@ -1,4 +1,4 @@
-"""Buying PV packages (SPEC §2): every refusal with its code, payment into ledger and Redis."""
+"""Buying PV packages (docs/rules.md §2): every refusal with its code, payment into ledger, Redis."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ async def test_an_order_is_pending_until_paid(db: Database, audit: SystemAuditor
     await enterprise(db, audit)
     order = await create_order(db, audit, order_request(sku="pv_3m", quantity=2))
     assert order.status == "pending_payment"
-    assert order.order["amount_fen"] == 18_000_000  # SPEC P1: pv_3m × 2
+    assert order.order["amount_fen"] == 18_000_000  # docs/rules.md §7 (P1): pv_3m × 2
     assert order.packages == []
     assert order.payment is None
 

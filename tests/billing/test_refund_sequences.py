@@ -1,4 +1,4 @@
-"""Property: a refund's quote and the refund executed from it agree line by line (SPEC §6).
+"""Property: a refund's quote and the refund executed from it agree line by line (docs/rules.md §6).
 
 Random orders — one to three packages, gifts tied to the order, maybe an older package of
 another order that takes re-charges first — random usage, then a random sequence of partial

@@ -1,4 +1,4 @@
-"""Refunds (SPEC §6) end to end through Redis and the ledger, vector R1 verbatim."""
+"""Refunds (docs/rules.md §6) end to end through Redis and the ledger, vector R1 verbatim."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ async def debit_counted(store: BalanceStore, pv: int, chunk: int = 250_000) -> C
 async def r1_setup(
     db: Database, store: BalanceStore, audit: SystemAuditor
 ) -> tuple[OrderState, str]:
-    """SPEC R1: three pv_1m packages in one order, a 10,000 PV gift, 1,500,000 PV viewed."""
+    """docs/rules.md §6 (R1): three pv_1m in one order, a 10,000 PV gift, 1,500,000 PV viewed."""
     await enterprise(db, audit)
     state = await paid_order(db, store, audit, quantity=3)
     assert state.order["amount_fen"] == 9_000_000

@@ -1,4 +1,4 @@
-"""A traffic burst is metered to the PV, with the shipped defaults (docs/architecture.md §5).
+"""A traffic burst is metered to the PV, with the shipped defaults (docs/architecture.md §10).
 
 ``pvgate run`` with 2 gateway workers and nothing changed but ports: a site approved and
 a 1,000 PV gift granted through the admin API, then 5,000 page views at once, each on its

@@ -1,4 +1,4 @@
-"""Test 1: SPEC §3 deduction order, as the Lua scripts do it, on a single node and a cluster.
+"""Test 1: docs/rules.md §3 deduction order, as the Lua scripts do it, single node and cluster.
 
 Every case states the expected takes outright and also checks the reference model agrees.
 """

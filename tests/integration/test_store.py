@@ -76,7 +76,7 @@ async def test_freeze_refuses_gifts_and_void_refuses_packages_atomically(client)
 
 
 async def test_void_gifts_recharges_packages_once_and_answers_the_same_again(client):
-    """SPEC §6 at small scale: A full, so B takes the gift's used PV."""
+    """docs/rules.md §6 at small scale: A full, so B takes the gift's used PV."""
     store = BalanceStore(client)
     await store.credit("ent-v", gift("gift", 10, order="o"))
     await store.credit("ent-v", package("A", 100, at=1, order="o"))

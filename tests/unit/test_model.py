@@ -1,4 +1,4 @@
-"""The reference model on its own: SPEC §3 deduction order with an explicit clock."""
+"""The reference model on its own: docs/rules.md §3 deduction order with an explicit clock."""
 
 from __future__ import annotations
 

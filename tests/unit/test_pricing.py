@@ -1,4 +1,4 @@
-"""Prices and purchase preconditions: SPEC §7 vector P1 verbatim, bands, refusals."""
+"""Prices and purchase preconditions: docs/rules.md §7 vector P1 verbatim, bands, refusals."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from billing.rules.pricing import (
     quote_packages,
 )
 
-# ---- test vector P1 (SPEC §7), verbatim ------------------------------------------------
+# ---- test vector P1 (docs/rules.md §7), verbatim ------------------------------------------------
 
 
 def test_p1_pv_1m_times_1():
@@ -152,7 +152,7 @@ def test_bands_are_contiguous_from_one_to_the_self_service_limit():
 
 
 def naive_fen_per_account(n: int) -> int:
-    """Price of account number n, read straight off the SPEC §1.2 table."""
+    """Price of account number n, read straight off the docs/rules.md §1.2 table."""
     if n <= 5:
         return 5_000
     if n <= 200:

@@ -1,4 +1,4 @@
-"""The refund rules of SPEC §6: vector R1 verbatim, one case per rule, a reference model."""
+"""The refund rules of docs/rules.md §6: vector R1 verbatim, a case per rule, a reference model."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def r1_packages():
 R1_GIFT = GiftState(id="gift-o1", used=10_000)
 
 
-# ---- test vector R1 (SPEC §6), verbatim --------------------------------------------------
+# ---- test vector R1 (docs/rules.md §6), verbatim ------------------------------------------
 
 
 def test_r1_worked_example():
@@ -126,7 +126,7 @@ def test_bought_31_january_of_a_leap_year_the_window_runs_to_29_february():
 
 
 def test_invoice_issued_and_not_returned_refuses():
-    """SPEC §6: an issued invoice blocks the refund until it is returned."""
+    """docs/rules.md §6: an issued invoice blocks the refund until it is returned."""
     with pytest.raises(errors.InvoiceNotReturned) as info:
         refund(r1_packages(), invoice=InvoiceState.ISSUED)
     assert info.value.code == "invoice_not_returned"
@@ -265,7 +265,7 @@ def test_split_cash_and_package_refund_helpers():
 
 
 def reference_refund(cash, packages, requested, gift_used, others):
-    """SPEC §6 the slow, obvious way: one fen and one PV at a time."""
+    """docs/rules.md §6 the slow, obvious way: one fen and one PV at a time."""
     shares = [0] * len(packages)
     for fen in range(cash):
         shares[fen % len(packages)] += 1

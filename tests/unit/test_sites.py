@@ -1,4 +1,4 @@
-"""A site definition is servable or refused at once, naming the part at fault (SPEC §5)."""
+"""A site definition is servable or refused at once, naming the part at fault (docs/rules.md §5)."""
 
 from __future__ import annotations
 
