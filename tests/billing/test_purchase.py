@@ -1,4 +1,4 @@
-"""Buying PV packages (docs/rules.md §2): every refusal with its code, payment into ledger, Redis."""
+"""Buying PV packages (docs/rules.md §2): each refusal with its code, payment into ledger, Redis."""
 
 from __future__ import annotations
 
