@@ -20,7 +20,7 @@ $(VENV)/.dev-installed: pyproject.toml | $(PY)
 	touch $@ $(VENV)/.test-installed $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[all]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -31,10 +31,13 @@ test: $(VENV)/.test-installed
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
-bench: $(VENV)/.test-installed
+bench: $(VENV)/.dev-installed
 	$(PY) -m benchmarks.meter --quick
+	$(PY) -m benchmarks.proxy --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -68,8 +68,8 @@ from benchmarks.common import event_loop
 from billing.consumer import DEAD_LETTER_STREAM, GROUP, UsageConsumer
 from billing.db import Database, scratch_database
 from billing.schema import usage, usage_batches
-from metering.embedded import RedisServer
 from metering.keys import USAGE_STREAM
+from pvgate.embedded import RedisServer
 
 ROWS_PER_ENTRY = 100
 ENTERPRISES, BUCKETS, GATEWAYS = 300, 4, 4

@@ -50,10 +50,10 @@ from redis.asyncio import Redis
 from benchmarks.common import event_loop
 from metering import scripts
 from metering.buckets import BucketKind, BucketSpec
-from metering.embedded import RedisServer
 from metering.keys import enterprise_keys
 from metering.meter import Meter
 from metering.store import BalanceStore, parse_debit
+from pvgate.embedded import RedisServer
 
 CALLERS = 256
 SPREAD_ENTERPRISES = 10_000

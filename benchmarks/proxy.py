@@ -52,8 +52,8 @@ import tomli_w
 from aiohttp import web
 from redis.asyncio import Redis
 
-from metering.embedded import RedisServer, free_port
 from metering.store import BalanceStore
+from pvgate.embedded import RedisServer, free_port
 from tests.helpers import package
 
 THREADS, CONNECTIONS = 2, 64
@@ -211,13 +211,13 @@ def start_origin(stack: contextlib.ExitStack, tmp: Path) -> Service:
 def start_gateway(
     stack: contextlib.ExitStack, tmp: Path, name: str, settings: dict[str, Any]
 ) -> Service:
-    """``python -m gateway.cli gateway --config FILE``: one worker, free ports."""
+    """``python -m pvgate.cli gateway --config FILE``: one worker, free ports."""
     port, metrics_port = free_port(), free_port()
     where = {"listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{metrics_port}"}
     config = {**where, "workers": 1, "log_level": "warning", **settings}
     path = tmp / f"{name}.toml"
     path.write_text(tomli_w.dumps(config))
-    argv = [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(path)]
+    argv = [sys.executable, "-m", "pvgate.cli", "gateway", "--config", str(path)]
     return spawn(stack, tmp, name, argv, f"http://127.0.0.1:{metrics_port}/readyz", port)
 
 

@@ -22,6 +22,9 @@ from metering.scripts import RedisClient
 from metering.sites import Site, SiteRegistry, SiteStatus
 
 log = logging.getLogger("pvgate.routing")
+# What the clients raise when Redis fails: the cluster client's RedisClusterException is
+# not a RedisError, and a socket error may surface as itself.
+_REDIS_FAILURES = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 
 
 class SiteTable:
@@ -100,7 +103,7 @@ class SiteWatcher:
             if not force and await self._registry.version() == self._version:
                 return False
             version, sites = await self._registry.load()
-        except redis_errors.RedisError as exc:
+        except _REDIS_FAILURES as exc:
             log.warning("site registry unreachable, keeping %d sites: %s", self.table.size, exc)
             return False
         static_keys = {s.key for s in self._static}
@@ -126,7 +129,7 @@ class SiteWatcher:
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._wake.set()
-            except (redis_errors.RedisError, OSError) as exc:
+            except _REDIS_FAILURES as exc:
                 log.debug("site notifications interrupted: %s", exc)
             await asyncio.sleep(self._refresh)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.settings import GatewaySettings, split_address
+from metering.config import ConfigError
 from metering.logs import configure_logging
 
 log = logging.getLogger("pvgate.server")
@@ -36,7 +37,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def listen_sockets(address: str, count: int) -> list[socket.socket]:
-    """``count`` listening SO_REUSEPORT sockets on ``address``, or OSError if it is taken."""
+    """``count`` listening SO_REUSEPORT sockets on ``address``; `ConfigError` if it is taken."""
     host, port = split_address(address, "listen")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -44,7 +45,7 @@ def listen_sockets(address: str, count: int) -> list[socket.socket]:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise OSError(exc.errno, f"listen address {address} is in use: {exc.strerror}") from exc
+            raise ConfigError(f"listen address {address}: {exc.strerror}") from exc
     sockets = []
     for _ in range(count):
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -114,7 +115,9 @@ class Supervisor:
 
         ctx = multiprocessing.get_context("spawn")
         process = ctx.Process(
-            target=run_worker, args=(self.settings, str(self.metrics_dir), sock), daemon=False
+            target=run_worker,
+            args=(self.settings, str(self.metrics_dir), sock, os.getpid()),
+            daemon=False,
         )
         process.start()
         return process

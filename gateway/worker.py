@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -36,7 +38,23 @@ from metering.usage import UsageRecorder
 log = logging.getLogger("pvgate.worker")
 
 
-def run_worker(settings: GatewaySettings, metrics_dir: str, sock: socket.socket) -> None:
+def _stop_with_supervisor(supervisor: int) -> None:
+    """Ask Linux for SIGTERM when the supervisor dies (even by ``kill -9``): a worker must
+    not go on serving, and holding the port, for a gateway that is gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def run_worker(
+    settings: GatewaySettings, metrics_dir: str, sock: socket.socket, supervisor: int
+) -> None:
+    _stop_with_supervisor(supervisor)
     configure_logging(settings.log_level)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve(settings, Path(metrics_dir), sock))

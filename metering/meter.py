@@ -174,8 +174,8 @@ class Meter:
             self._lag.close()
             self._lag = None
         if self._pipe is not None:
-            self._pipe.abort()
-            self._pipe = None
+            pipe, self._pipe = self._pipe, None
+            await pipe.aclose()
 
     # Rounds ------------------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ class RedisPipe(asyncio.Protocol):
         self._rounds: deque[tuple[int, Replies, Done]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
     async def open(cls, target: PipeTarget) -> RedisPipe:
@@ -177,6 +178,8 @@ class RedisPipe(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self._gone.done():
+            self._gone.set_result(None)
         error = redis_errors.ConnectionError(f"connection to Redis lost{f': {exc}' if exc else ''}")
         rounds, self._rounds = self._rounds, deque()
         for _, _, done in rounds:
@@ -187,3 +190,9 @@ class RedisPipe(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+    async def aclose(self) -> None:
+        """`abort`, and wait until the transport has let go of its socket."""
+        self.abort()
+        if self.transport is not None:
+            await asyncio.shield(self._gone)

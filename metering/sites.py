@@ -107,17 +107,21 @@ class SiteRegistry:
 
     async def put(self, site: Site) -> int:
         """Create or replace a site; the new registry version."""
-        await self._client.hset(SITES, site.key, site.to_json())
-        return await self._changed(site.key)
+        return await self._change(site.key, "HSET", SITES, site.key, site.to_json())
 
     async def delete(self, key: str) -> int:
-        await self._client.hdel(SITES, key)
-        return await self._changed(key)
+        return await self._change(key, "HDEL", SITES, key)
 
-    async def _changed(self, key: str) -> int:
-        version = int(await self._client.incr(SITES_VERSION))
+    async def _change(self, key: str, *command: str | bytes) -> int:
+        """The change and the version bump in one MULTI (both keys share ``{sites}``), so
+        that version polling never misses a change; then the notification, which only
+        wakes the gateways up sooner."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.execute_command(*command)
+            pipe.incr(SITES_VERSION)
+            _, version = await pipe.execute()
         await self._client.publish(SITES_CHANNEL, key)
-        return version
+        return int(version)
 
     async def version(self) -> int:
         return int(await self._client.get(SITES_VERSION) or 0)

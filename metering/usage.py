@@ -177,7 +177,11 @@ class UsageRecorder:
             try:
                 async with asyncio.timeout(self._timeout):
                     await self._client.xadd(USAGE_STREAM, entry.fields(self._gateway_id))
-            except (OSError, redis_errors.RedisError) as exc:  # TimeoutError is an OSError
+            except (  # TimeoutError is an OSError; the cluster client's own is neither
+                OSError,
+                redis_errors.RedisError,
+                redis_errors.RedisClusterException,
+            ) as exc:
                 error = scripts.translate(exc, f"usage entry seq {entry.seq}")
                 # One warning per outage, not one a second while Redis stays away.
                 log = logger.debug if self._failing else logger.warning

@@ -23,7 +23,7 @@ import tomli_w
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from metering.embedded import RedisClusterServers, RedisServer, free_port
+from pvgate.embedded import RedisClusterServers, RedisServer, free_port
 
 PAGE = b"""<!doctype html><html><head><link rel="stylesheet" href="/static/app.css">
 <script src="/static/app.js"></script></head><body><img src="/static/logo.png">
@@ -171,7 +171,7 @@ def start_gateway(tmp: Path, settings: dict[str, Any]) -> Gateway:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVGATE_")}
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "gateway", "--config", str(path)],
+            [sys.executable, "-m", "pvgate.cli", "gateway", "--config", str(path)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

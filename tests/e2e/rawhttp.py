@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httptools
 
-from metering.embedded import free_port
+from pvgate.embedded import free_port
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import tomli_w
 
-from metering.embedded import RedisClusterServers, RedisServer, free_port
+from pvgate.embedded import RedisClusterServers, RedisServer, free_port
 from tests.e2e.harness import Gateway, Origin, redis_config
 
 
@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 def pvgate(*args: str) -> str:
     """Run a ``pvgate`` command to completion; its stdout."""
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
+        [sys.executable, "-m", "pvgate.cli", *args],
         capture_output=True,
         text=True,
         env=_env(),
@@ -49,7 +49,7 @@ def pvgate(*args: str) -> str:
 def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *argv],
+            [sys.executable, "-m", "pvgate.cli", *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=_env(),

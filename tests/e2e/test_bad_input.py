@@ -21,7 +21,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from metering import BalanceStore
-from metering.embedded import RedisServer
+from pvgate.embedded import RedisServer
 from tests.conftest import single_client
 from tests.e2e.harness import (
     HTML_HEADERS,

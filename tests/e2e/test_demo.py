@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from metering.embedded import free_port
+from pvgate.embedded import free_port
 from tests.e2e.harness import Gateway
 
 PAGE_HEADERS = {"Accept": "text/html,application/xhtml+xml"}
@@ -67,7 +67,7 @@ def start_demo(workdir: Path, gift_pv: int = 3) -> Demo:
             [
                 sys.executable,
                 "-m",
-                "gateway.cli",
+                "pvgate.cli",
                 "demo",
                 "--dir",
                 str(workdir),

@@ -7,7 +7,7 @@ import time
 
 import aiohttp
 
-from metering.embedded import RedisServer
+from pvgate.embedded import RedisServer
 from tests.e2e.harness import site
 
 

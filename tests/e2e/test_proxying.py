@@ -9,8 +9,8 @@ import time
 import aiohttp
 
 from metering import BalanceStore
-from metering.embedded import free_port
 from metering.sites import Site, SiteRegistry, SiteStatus
+from pvgate.embedded import free_port
 from tests.e2e.harness import HTML_HEADERS, PAGE, redis_config, sample, site
 from tests.helpers import package
 

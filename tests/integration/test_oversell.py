@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from metering import BalanceStore
-from metering.embedded import RedisServer
+from pvgate.embedded import RedisServer
 from tests.helpers import gift, package
 from tests.load import debit_storm
 

