@@ -52,16 +52,20 @@ class Blocked:
     reason: Refusal
 
 
-class _Unmetered:
-    """Served without a debit (fail-open)."""
+@dataclass(frozen=True, slots=True)
+class Unmetered:
+    """Served without a debit (fail-open); ``replay``: queued to be debited later."""
+
+    replay: bool
 
 
 class _Unavailable:
     """Not served: Redis is failing and no allowance is left, or fail-closed."""
 
 
-UNMETERED, UNAVAILABLE = _Unmetered(), _Unavailable()
-Charge = Granted | Blocked | _Unmetered | _Unavailable
+UNAVAILABLE = _Unavailable()
+_REPLAY, _UNBILLED = Unmetered(replay=True), Unmetered(replay=False)
+Charge = Granted | Blocked | Unmetered | _Unavailable
 
 
 class CircuitBreaker:
@@ -186,9 +190,18 @@ class Charger:
             self._to_replay[enterprise_id] += 1
             if self._replayer is None:
                 self._replayer = asyncio.create_task(self._replay_when_back())
-        else:
-            PV_UNBILLED.labels("debit_outcome_unknown").inc()
-        return UNMETERED
+            return _REPLAY
+        PV_UNBILLED.labels("debit_outcome_unknown").inc()
+        return _UNBILLED
+
+    def not_delivered(self, enterprise_id: str, charge: Unmetered) -> None:
+        """A view served fail-open was not delivered after all: it is not to be debited
+        (if its replay has already run, its PV stays taken — replays do not say which
+        bucket paid for which view)."""
+        if charge.replay and self._to_replay[enterprise_id] > 0:
+            self._to_replay[enterprise_id] -= 1
+            if not self._to_replay[enterprise_id]:
+                del self._to_replay[enterprise_id]
 
     def give_back_soon(self, enterprise_id: str, bucket_id: str) -> asyncio.Task[None]:
         """`give_back` in the background (the caller is a callback, not a coroutine)."""

@@ -16,7 +16,7 @@ import asyncio
 from dataclasses import dataclass
 
 from gateway import blockpage
-from gateway.charging import UNMETERED, Blocked, Charge, Charger, Granted
+from gateway.charging import Blocked, Charge, Charger, Granted, Unmetered
 from gateway.classify import is_page_view
 from gateway.engine.request import Request
 from gateway.engine.responses import Page
@@ -43,6 +43,7 @@ class Forward:
     site: Site
     bucket_id: str | None
     outcome: str  # counted once the origin has answered: served, not_counted (or "")
+    unmetered: Unmetered | None = None  # served fail-open
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,9 @@ class Policy:
         if not self._metering:
             return Forward(site, None, "not_counted")
         assert self._charger is not None
-        if not is_page_view(request.method, request.path, request.fields, site):
+        if request.upgrade or not is_page_view(
+            request.method, request.path, request.fields, site
+        ):  # a websocket is never a page view
             reason = self._charger.blocked(site.enterprise_id)
             if reason is not None:
                 return self._blocked[reason]
@@ -132,9 +135,9 @@ class Policy:
             return Forward(site, charge.bucket_id, "served")
         if isinstance(charge, Blocked):
             return self._blocked[charge.reason]
-        if charge is UNMETERED:
+        if isinstance(charge, Unmetered):
             OUTCOME["fail_open"].inc()  # counted as served, whatever the origin does
-            return Forward(site, None, "")
+            return Forward(site, None, "", charge)
         return self.fail_closed
 
     def finished(self, forward: Forward, failed: bool) -> asyncio.Task[None] | None:
@@ -156,6 +159,10 @@ class Policy:
         self._give_back(forward)
 
     def _give_back(self, forward: Forward) -> asyncio.Task[None] | None:
+        """The view was not delivered: its PV goes back (or, fail-open, is not replayed)."""
+        if forward.unmetered is not None:
+            assert self._charger is not None
+            self._charger.not_delivered(forward.site.enterprise_id, forward.unmetered)
         if forward.bucket_id is None:
             return None
         assert self._charger is not None

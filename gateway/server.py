@@ -191,7 +191,14 @@ class Supervisor:
         alive = [p for p in self.workers if p.is_alive()]
         ready = [p for p in alive if (self.metrics_dir / f"ready-{p.pid}").exists()]
         redis_ok = await self._redis_reachable()
-        ok = redis_ok and len(ready) == len(self.workers) and not self.stopping.is_set()
+        # In fail_open the workers serve through a Redis outage, by design: taking every
+        # gateway out of rotation at once would refuse what fail_open exists to serve.
+        redis_needed = self.settings.failure.mode == "fail_closed"
+        ok = (
+            (redis_ok or not redis_needed)
+            and len(ready) == len(self.workers)
+            and not self.stopping.is_set()
+        )
         body = {
             "ready": ok,
             "redis": redis_ok,

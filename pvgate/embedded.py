@@ -53,11 +53,24 @@ def _free(port: int) -> bool:
     return True
 
 
+# Outside Linux's ephemeral range (32768-60999 by default), so that a port found free is
+# not taken meanwhile as the source port of some outgoing connection; cluster nodes below
+# the others, their bus ports (+10000) too.
+_CLUSTER_PORTS = (10000, 15999)
+_PORTS = ((26000, 32767), (61000, 65535))
+_handed_out: set[int] = set()
+
+
 def free_port(cluster: bool = False) -> int:
-    """A free loopback port; for a cluster node its bus port (+10000) is free too."""
-    for _ in range(200):
-        port = random.randint(20000, 29999) if cluster else random.randint(30000, 59999)
+    """A free loopback port not handed out before by this process; for a cluster node its
+    bus port (+10000) is free too."""
+    for _ in range(500):
+        low, high = _CLUSTER_PORTS if cluster else random.choice(_PORTS)
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
         if _free(port) and (not cluster or _free(port + 10000)):
+            _handed_out.add(port)
             return port
     raise RuntimeError("no free loopback port found")
 

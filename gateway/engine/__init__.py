@@ -6,7 +6,9 @@
                  llhttp sees them; chunk sizes checked against the body limit
     request.py   the parsed request and its checks (version, Host, framing headers)
     exchange.py  one request through admission, the policy and the origin
+    relay.py     the origin's response: parsed, framed and written back
     origin.py    the keep-alive pool of origin connections and their protocol
+    tunnel.py    a websocket after its 101: the two connections joined
     heads.py     request and response heads built once as bytes (hop-by-hop removed)
     responses.py the gateway's own responses (status lines, Date, local pages)
     server.py    the engine of a worker: listening socket, connections, shutdown

@@ -21,13 +21,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import httptools
-
 from gateway.engine import heads
 from gateway.engine.origin import Origin, OriginConnection, OriginUnavailable
+from gateway.engine.relay import CHUNK_END, Fed, Relay
 from gateway.engine.request import BadRequest, Request
 from gateway.engine.responses import CONTINUE
-from gateway.metrics import UPSTREAM_DURATION
 from gateway.policy import ChargeFirst, Decision, Forward, Local
 
 if TYPE_CHECKING:
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pvgate.engine")
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-_CHUNK_END = b"0\r\n\r\n"
 
 
 class Exchange:
@@ -47,7 +44,6 @@ class Exchange:
         self.engine = engine
         self.visitor = visitor
         self.request = request
-        self.response_started = False
         self._started = time.perf_counter()
         self._admitted = False
         self._waiting: asyncio.Future[object] | None = None
@@ -61,13 +57,9 @@ class Exchange:
         self._origin_of: Origin | None = None
         self._conn_was_reused = False
         self._retried = False
-        self._sent_at = 0.0
         self._origin_activity = 0.0
         self._read_timer: asyncio.TimerHandle | None = None
-        self._parser: httptools.HttpResponseParser | None = None
-        self._response = heads.Response()
-        self._out: list[bytes] = []  # response bytes of one origin read, written at once
-        self._complete = False
+        self._relay: Relay | None = None
         self._over = False
 
     # From the visitor ------------------------------------------------------------------------
@@ -108,7 +100,7 @@ class Exchange:
         elif self._forward is not None:
             if self._streaming and self._origin is not None:
                 if self.request.chunked:
-                    self._origin.write(_CHUNK_END)
+                    self._origin.write(CHUNK_END)
             elif not self._streaming and self._origin is None and self._waiting is None:
                 self._acquire()
 
@@ -212,10 +204,14 @@ class Exchange:
             self.request.expect_continue = False
             self.visitor.write(CONTINUE)
 
+    def may_keep_alive(self) -> bool:
+        """Whether the visitor's connection may serve another request after this one."""
+        return self.request.keep_alive and self._body_done and not self.engine.stopping
+
     def _local(self, local: Local) -> None:
-        request = self.request
-        keep_alive = request.keep_alive and self._body_done and not self.engine.stopping
-        self.visitor.write(local.page.render(keep_alive, head_only=request.method == "HEAD"))
+        keep_alive = self.may_keep_alive()
+        page = local.page.render(keep_alive, head_only=self.request.method == "HEAD")
+        self.visitor.write(page)
         self.engine.policy.sent(local)
         self._done(keep_alive)
 
@@ -252,19 +248,17 @@ class Exchange:
         self._origin = conn
         self._conn_was_reused = conn.reused
         conn.exchange = self
-        self._parser = httptools.HttpResponseParser(self)
-        self._response = heads.Response()
         request = self.request
         head = heads.origin_request(request, self._origin_of, self.visitor.peer)
         body, self._body = self._body, []
         if request.chunked:
             parts = [head, *(heads.chunk(b) for b in body if b)]
             if self._body_done:
-                parts.append(_CHUNK_END)
+                parts.append(CHUNK_END)
         else:
             parts = [head, *body]
         conn.write(b"".join(parts))
-        self._sent_at = time.perf_counter()
+        self._relay = Relay(self, time.perf_counter())
         self._origin_activity = time.monotonic()
         if self._read_timer is None:
             self._read_timer = asyncio.get_running_loop().call_later(
@@ -301,42 +295,30 @@ class Exchange:
             self.origin_timed_out()
 
     def origin_data(self, data: bytes) -> None:
-        assert self._parser is not None
+        relay = self._relay
+        assert relay is not None
         self._origin_activity = time.monotonic()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._tunnel(data[upgrade.args[0] :])
-            return
-        except httptools.HttpParserError as exc:
-            self._flush_out()
-            self._origin_broke(f"invalid response from the origin: {exc}")
-            return
-        if self._complete:
+        fed = relay.feed(data)
+        if fed is Fed.COMPLETE:
             self._finish()
-        else:
-            self._flush_out()
-
-    def _flush_out(self) -> None:
-        out = self._out
-        if out:
-            self.visitor.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+        elif fed is Fed.UPGRADE:
+            self._tunnel(relay)
+        elif fed is Fed.BROKEN:
+            self._origin_broke(relay.error)
 
     def origin_lost(self, exc: Exception | None) -> None:
         """The origin closed: the end of a body read until close, or a failure."""
-        if self._over:
+        relay = self._relay
+        if self._over or relay is None:
             return
-        response = self._response
-        if response.until_close and not self._complete:
-            self._complete = True
-            response.keep_origin = False
+        if relay.response.until_close and not relay.complete:
+            relay.end_until_close()
             self._finish()
             return
         self._origin = None
-        if not response.head_done and self._may_retry():
+        if not relay.started and self._may_retry():
             self._retried = True
-            self._parser = None
+            self._relay = None
             self._acquire()
             return
         self._origin_broke("the origin closed the connection" + (f": {exc}" if exc else ""))
@@ -356,50 +338,13 @@ class Exchange:
             and not self.request.has_body
         )
 
-    # Parsing the response (httptools callbacks) ------------------------------------------
-
-    def on_status(self, reason: bytes) -> None:
-        self._response.reason = reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._response.head_done:
-            self._response.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        assert self._parser is not None
-        response = self._response
-        status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            self._response = heads.Response()  # an interim response: not forwarded
-            return
-        UPSTREAM_DURATION.observe(time.perf_counter() - self._sent_at)
-        response.status = status
-        response.head_done = True
-        response.keep_origin = self._parser.should_keep_alive()
-        if status == 101:
-            return  # the tunnel starts once feed_data reports the upgrade
-        keep_visitor = self.request.keep_alive and self._body_done and not self.engine.stopping
-        self._out.append(heads.visitor_response(self.request, response, keep_visitor))
-        self.response_started = True
-        if not response.has_body:
-            self._complete = True
-
-    def on_body(self, data: bytes) -> None:
-        if not self._complete:
-            self._out.append(heads.chunk(data) if self._response.chunked else data)
-
-    def on_message_complete(self) -> None:
-        if self._response.head_done:
-            self._complete = True
-
     # Endings -------------------------------------------------------------------------------
 
     def _finish(self) -> None:
         """The whole response is written: end it, give the origin connection back."""
-        response = self._response
-        if response.chunked:
-            self._out.append(_CHUNK_END)
-        self._flush_out()
+        assert self._relay is not None
+        self._relay.finish()
+        response = self._relay.response
         failed = response.status >= 500
         forward = self._forward
         keep_visitor = response.keep_visitor
@@ -422,9 +367,14 @@ class Exchange:
             giving_back.add_done_callback(lambda _: self._answer_failure(local))
 
     def _answer_failure(self, local: Local) -> None:
-        keep_alive = self.request.keep_alive and self._body_done and not self.engine.stopping
+        keep_alive = self.may_keep_alive()
         self.visitor.write(local.page.render(keep_alive, head_only=self.request.method == "HEAD"))
         self._done(keep_alive)
+
+    @property
+    def response_started(self) -> bool:
+        """Whether any of the response reached the visitor (then it cannot be replaced)."""
+        return self._relay is not None and self._relay.started
 
     def _origin_broke(self, reason: str) -> None:
         if not self.response_started:
@@ -438,14 +388,13 @@ class Exchange:
         self.visitor.abort()  # the response has started: all that is left is to drop it
         self._done(False)
 
-    def _tunnel(self, rest: bytes) -> None:
+    def _tunnel(self, relay: Relay) -> None:
         """The origin switched protocols: bytes flow both ways, untouched, until a close."""
         conn, forward = self._origin, self._forward
         assert conn is not None
         assert conn.transport is not None
         assert forward is not None
-        self.visitor.write(heads.visitor_response(self.request, self._response, True))
-        self.response_started = True
+        self.visitor.write(heads.visitor_response(self.request, relay.response, True))
         conn.exchange = None
         self._origin = None
         self._cancel_read_timer()
@@ -454,11 +403,12 @@ class Exchange:
         self._over = True
         self.visitor.exchange = None
         self.engine.pool.detach(conn)  # a tunnel is no request: it holds no pool slot
-        self.visitor.start_tunnel(conn, rest)
+        self.visitor.start_tunnel(conn.transport, relay.rest)
 
     def _end(self, *, reusable: bool) -> None:
         self._over = True
-        self._parser = None  # it refers back to this exchange
+        if self._relay is not None:
+            self._relay.detach()
         self._cancel_read_timer()
         conn, self._origin = self._origin, None
         if conn is not None:

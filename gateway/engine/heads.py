@@ -3,7 +3,8 @@
 Hop-by-hop headers (RFC 9110 §7.6.1) — those named in ``Connection`` included — never
 cross the gateway in either direction.  Toward the origin the request gets ``Host`` of the
 origin's URL, its own framing (``Content-Length`` or ``Transfer-Encoding: chunked``), and
-``X-Forwarded-For``/``-Proto``/``-Host`` and ``Via`` appended to what the client sent.
+``X-Forwarded-For`` and ``Via`` appended to what the client sent, ``X-Forwarded-Proto``
+and ``-Host`` set (a client's own are dropped).
 Toward the visitor the response keeps the origin's headers and length; a body without a
 length (chunked, or read until the origin closes) is sent chunked to an HTTP/1.1 client
 and delimited by closing the connection for an HTTP/1.0 one.  Trailers are dropped.
@@ -28,8 +29,18 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Request headers replaced or handled by the gateway itself.
-_REQUEST_OWN = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-for", b"via"}
+# Request headers replaced or handled by the gateway itself.  A client's own
+# X-Forwarded-Proto and -Host are dropped, not passed on: the origin must be able to trust
+# them (X-Forwarded-For and Via are lists the gateway appends to).
+_REQUEST_OWN = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"via",
+}
 VIA = b"1.1 pvgate"
 CRLF = b"\r\n"
 

@@ -71,7 +71,6 @@ class OriginConnection(asyncio.Protocol):
         self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
-        self.tunnel: asyncio.Transport | None = None  # after a 101: the visitor's transport
         self.upload = False  # lent to an exchange that streams its body
         self.reused = False  # has served an exchange before the current one
         self.closed = False
@@ -90,19 +89,10 @@ class OriginConnection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.write(data)
-        elif self.exchange is not None:
+        if self.exchange is not None:
             self.exchange.origin_data(data)
         else:  # nothing was asked: an origin that talks out of turn is not reused
             self.close()
-
-    def eof_received(self) -> bool:
-        if self.tunnel is not None:
-            if self.tunnel.can_write_eof():
-                self.tunnel.write_eof()
-            return True
-        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -113,21 +103,15 @@ class OriginConnection(asyncio.Protocol):
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
             exchange.origin_lost(exc)
-        if self.tunnel is not None:
-            self.tunnel.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.tunnel is not None:
-            self.tunnel.pause_reading()
-        elif self.exchange is not None:
+        if self.exchange is not None:
             self.exchange.origin_paused()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.tunnel is not None:
-            self.tunnel.resume_reading()
-        elif self.exchange is not None:
+        if self.exchange is not None:
             self.exchange.origin_resumed()
 
     def write(self, data: bytes) -> None:
@@ -148,7 +132,7 @@ class OriginConnection(asyncio.Protocol):
 
     def _on_idle(self) -> None:
         self._idle_timer = None
-        if self.exchange is not None or self.tunnel is not None or self.closed:
+        if self.exchange is not None or self.detached or self.closed:
             return  # lent out meanwhile: `idle` arms the timer again when it is back
         left = self.idle_since + self._keepalive - time.monotonic()
         if left > 0:

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from gateway.engine import tunnel
 from gateway.engine.framing import ChunkedScanner, FramingError, find_head_end
 from gateway.engine.request import FIELDS, SINGLE, BadRequest, Request
 
 if TYPE_CHECKING:
     from gateway.engine.exchange import Exchange
-    from gateway.engine.origin import OriginConnection
     from gateway.engine.server import Engine
 
 log = logging.getLogger("pvgate.engine")
@@ -58,7 +58,6 @@ class VisitorConnection(asyncio.Protocol):
         self._ready: Request | None = None  # head complete, to be started
         self._message_done = False
         self.exchange: Exchange | None = None
-        self.tunnel: asyncio.Transport | None = None  # after a 101: the origin's transport
         self._feeding = False
         self._reading_paused = False
         self._body_paused = False
@@ -85,9 +84,7 @@ class VisitorConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_read = time.monotonic()
-        if self.tunnel is not None:
-            self.tunnel.write(data)
-        elif self._state == WAIT or self._feeding:
+        if self._state == WAIT or self._feeding:
             self._hold(data)  # parsed once the response in progress is complete
         elif self._state != CLOSED:
             try:
@@ -98,12 +95,6 @@ class VisitorConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client will send nothing more; a response in progress still goes out.
-        if self.tunnel is not None:
-            if self.tunnel.can_write_eof():
-                self.tunnel.write_eof()
-            else:
-                self.tunnel.close()
-            return True
         if self._state == HEAD and not self._head_size:
             return False  # idle: close
         if self._state in (HEAD, BODY):
@@ -118,14 +109,9 @@ class VisitorConnection(asyncio.Protocol):
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
             exchange.visitor_lost()
-        if self.tunnel is not None:
-            self.tunnel.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.tunnel is not None:
-            self.tunnel.pause_reading()
-            return
         self._write_paused_at = time.monotonic()
         if self.exchange is not None:
             self.exchange.visitor_paused()
@@ -133,9 +119,7 @@ class VisitorConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.tunnel is not None:
-            self.tunnel.resume_reading()
-        elif self.exchange is not None:
+        if self.exchange is not None:
             self.exchange.visitor_resumed()
 
     # Feeding llhttp ------------------------------------------------------------------------
@@ -363,19 +347,14 @@ class VisitorConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def start_tunnel(self, origin: OriginConnection, rest: bytes) -> None:
-        """After a 101: bytes both ways, untouched, until either side closes."""
-        assert origin.transport is not None
+    def start_tunnel(self, origin: asyncio.Transport, from_origin: bytes) -> None:
+        """After a 101: this connection and the origin's are joined (`tunnel`)."""
         assert self.transport is not None
         self._cancel_timer()
-        self.tunnel = origin.transport
-        origin.tunnel = self.transport
-        if rest:
-            self.write(rest)
+        self._state = CLOSED  # for this protocol: the transport is the tunnel's now
+        self._reading_paused = False
         held, self._held = self._held, b""
-        if held:
-            origin.transport.write(held)
-        self._resume_reading()
+        tunnel.join(self.transport, origin, held, from_origin, lambda: self.engine.closed(self))
 
     def close_if_idle(self) -> bool:
         """At shutdown: close a keep-alive connection waiting for its next request."""

@@ -1,4 +1,6 @@
-"""/healthz says the process lives; /readyz that Redis answers and every worker has its sites."""
+"""/healthz says the process lives; /readyz that every worker has its sites and — with
+fail_closed, where a Redis outage refuses every page view — that Redis answers.  With
+fail_open (the default) the gateway stays in rotation through an outage: it serves."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import asyncio
 import time
 
 import aiohttp
+import pytest
 
 from pvgate.embedded import RedisServer
 from tests.e2e.harness import site
@@ -16,19 +19,29 @@ async def probe(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str
         return resp.status, await resp.json()
 
 
-async def test_readiness_follows_redis_and_health_does_not(origin, gateways):
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+async def test_readiness_follows_redis_where_it_must_and_health_does_not(mode, origin, gateways):
     server = RedisServer().start()
     try:
-        gw = gateways({"redis": {"url": server.url}, "workers": 2, "site": [site(origin, "e")]})
+        gw = gateways(
+            {
+                "redis": {"url": server.url},
+                "workers": 2,
+                "failure": {"mode": mode},
+                "site": [site(origin, "e")],
+            }
+        )
         await gw.wait_ready()
         async with aiohttp.ClientSession() as session:
             status, body = await probe(session, gw.metrics_url("/readyz"))
             assert (status, body["workers_ready"], body["redis"]) == (200, 2, True)
             server.kill()
             gone = time.monotonic()
-            while (await probe(session, gw.metrics_url("/readyz")))[0] != 503:
+            while (await probe(session, gw.metrics_url("/readyz")))[1]["redis"]:
                 assert time.monotonic() - gone < 5, "readiness did not notice Redis was gone"
                 await asyncio.sleep(0.2)
+            status, body = await probe(session, gw.metrics_url("/readyz"))
+            assert status == (503 if mode == "fail_closed" else 200), body
             status, body = await probe(session, gw.metrics_url("/healthz"))
             assert (status, body) == (200, {"status": "ok"})
             server.start()

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from metering import BalanceStore
-from pvgate.embedded import RedisServer
+from pvgate.embedded import RedisServer, free_port
 from tests.conftest import single_client
 from tests.e2e.harness import HTML_HEADERS, sample, site
 from tests.helpers import package
@@ -188,3 +188,36 @@ async def test_fail_open_views_are_replayed_when_redis_is_back_without_more_traf
     # Each view was debited once: before the outage, or replayed, or counted unbilled.
     assert used == 20 + replayed
     assert sample(metrics, "pvgate_requests_total", outcome="served") == 20
+
+
+@pytest.mark.timeout(60)
+async def test_a_fail_open_view_the_origin_did_not_deliver_is_not_replayed(gateways):
+    """Redis down and the origin down too: the views fail-open answered 502 were never
+    delivered, so nothing is debited for them once Redis is back."""
+    server = RedisServer(aof=True).start()
+    client = single_client(server)
+    store = BalanceStore(client)
+    await store.credit("ent-r", package("p", 1000))
+    dead = f"http://127.0.0.1:{free_port()}"
+    gw = gateways(
+        {
+            "redis": {"url": server.url},
+            "site": [{"host": "shop.test", "enterprise_id": "ent-r", "origin": dead,
+                      "status": "approved"}],
+        }
+    )  # fmt: skip
+    await gw.wait_ready()
+    server.kill()
+    statuses: Counter[int] = Counter()
+    await views(gw.url, 30, statuses)
+    assert statuses == {502: 30}
+    server.start()
+    await asyncio.sleep(1.5)  # many replay probes: Redis answers again
+    metrics = await gw.metrics()
+    fail_open = sample(metrics, "pvgate_requests_total", outcome="fail_open")
+    unbilled = sample(metrics, "pvgate_pv_unbilled_total", reason="debit_outcome_unknown")
+    assert fail_open + unbilled > 0  # the views did go the fail-open way
+    assert sample(metrics, "pvgate_pv_replayed_total") == 0
+    assert (await store.snapshot("ent-r")).buckets[0].used == 0
+    await client.aclose()
+    server.stop()
