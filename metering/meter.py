@@ -55,8 +55,9 @@ from metering.deadline import Deadline, Waiters, fail
 from metering.errors import MeterError, MeterNotSent
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
-from metering.metrics import METER_BATCH_SIZE, METER_DURATION, REDIS_ERRORS
+from metering.metrics import METER_BATCH_SIZE, METER_DURATION
 from metering.pipe import PipeTarget, RedisPipe, pack_head
+from metering.rounds import Calls, ClientRounds
 from metering.scripts import RedisClient
 from metering.store import parse_debit
 
@@ -73,10 +74,7 @@ class DebitResult:
 
 
 REFUSED = {reason: DebitResult(False, None, reason) for reason in Refusal}
-# A flush racing the reload again is retried; past this many, those waiters get an error.
-_NOSCRIPT_ATTEMPTS = 5
 _RECONNECT_AFTER = 0.2  # seconds between attempts to make the pipe again
-Calls = list[tuple[str, int]]  # (enterprise, n) per script call, in order
 
 
 class _Round:
@@ -103,6 +101,7 @@ class Meter:
         if timeout <= 0 or min(max_batch, max_pipeline, max_inflight) < 1:
             raise ValueError("timeout, max_batch, max_pipeline and max_inflight must be positive")
         self._client = client
+        self._rounds = ClientRounds(client)
         self._timeout = timeout
         self._max_batch = max_batch
         self._max_pipeline = max_pipeline
@@ -253,7 +252,7 @@ class Meter:
     ) -> None:
         """NOSCRIPT on the pipe: reload, re-send those calls through the client."""
         try:
-            replies = await self._retry_noscript(calls, replies)
+            replies = await self._rounds.retry_noscript(calls, replies)
         except Exception as exc:  # no waiter may be left hanging
             error = scripts.translate(exc, f"debit of {len(calls)} batches")
             for _, waiters in group:
@@ -338,7 +337,7 @@ class Meter:
             # reply that comes late still reaches _resolve, which gives back the PV it
             # took for waiters already told "timeout" — instead of Redis keeping them.
             async with asyncio.timeout(self._reply_limit):
-                replies = await self._retry_noscript(calls, await self._pipeline(calls))
+                replies = await self._rounds.retry_noscript(calls, await self._rounds.send(calls))
         except Exception as exc:  # whatever the client raised, no waiter may be left hanging
             deadline.cancel()
             if not deadline.fired:
@@ -351,46 +350,6 @@ class Meter:
             METER_DURATION.observe(time.perf_counter() - started)
         self._resolve_group(group, replies)
         return False
-
-    async def _retry_noscript(self, calls: Calls, replies: list[Any]) -> list[Any]:
-        for _ in range(_NOSCRIPT_ATTEMPTS):
-            missing = [
-                i for i, r in enumerate(replies) if isinstance(r, redis_errors.NoScriptError)
-            ]
-            if not missing:
-                break
-            # The script cache was flushed (SCRIPT FLUSH, failover): those calls did not
-            # run.  Load the script once (on every master of a cluster) and re-send them
-            # together; the grants still go to the earliest waiters (see _resolve).
-            REDIS_ERRORS.labels("noscript").inc()
-            try:
-                await self._client.script_load(scripts.DEBIT_PV.source)
-                again = await self._pipeline([calls[i] for i in missing])
-            except Exception:  # those calls stay NOSCRIPT failures; the others stand
-                break
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
-
-    async def _pipeline(self, calls: Calls) -> list[Any]:
-        if len(calls) == 1:
-            # One call (one enterprise, the common case behind one site) skips the cost
-            # of a Pipeline object; its error comes back in place, as a pipeline's would.
-            enterprise_id, n = calls[0]
-            try:
-                reply = await self._client.execute_command(
-                    "EVALSHA", scripts.DEBIT_PV.sha, 4, *enterprise_keys(enterprise_id), n
-                )
-            except redis_errors.ResponseError as exc:
-                return [exc]
-            return [reply]
-        pipe = self._client.pipeline(transaction=False)
-        for enterprise_id, n in calls:
-            pipe.execute_command(
-                "EVALSHA", scripts.DEBIT_PV.sha, 4, *enterprise_keys(enterprise_id), n
-            )
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
 
     # Replies -----------------------------------------------------------------------------
 
