@@ -130,6 +130,17 @@ class Gateway:
                 await asyncio.sleep(0.1)
         raise AssertionError(f"gateway not ready in {within}s: {self.log_text()}")
 
+    def workers(self) -> list[int]:
+        """The pids of the gateway's worker processes."""
+        found = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        return [
+            int(pid)
+            for pid in found
+            if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        ]
+
     def metrics_url(self, path: str = "/metrics") -> str:
         return f"http://127.0.0.1:{self.metrics_port}{path}"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
@@ -88,6 +89,10 @@ class _OriginConnection(asyncio.Protocol):
             self.number,
         )
         self.origin.received.append(request)
+        assert self.transport is not None
+        if self.origin.responder is not None:
+            self.transport.write(self.origin.responder(request))
+            return
         seq = len(self.origin.received)
         body = b"origin %d %s %d\n" % (seq, request.target, len(request.body))
         head = b"HTTP/1.1 200 OK\r\nX-Origin-Seq: %d\r\nContent-Type: text/html\r\n" % seq
@@ -107,6 +112,8 @@ class CapturingOrigin:
     parse_errors: int = 0
     server: asyncio.base_events.Server | None = None
     open: set[_OriginConnection] = field(default_factory=set)
+    # The whole raw response to each request; None: a page marked X-Origin-Seq.
+    responder: Callable[[Received], bytes] | None = None
 
     @property
     def url(self) -> str:

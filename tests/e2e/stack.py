@@ -79,15 +79,7 @@ class Stack:
     billing_log: Path | None = None
 
     def workers(self) -> list[int]:
-        """The pids of the gateway's worker processes."""
-        found = subprocess.run(
-            ["pgrep", "-P", str(self.gateway.process.pid)], capture_output=True, text=True
-        ).stdout.split()
-        return [
-            int(pid)
-            for pid in found
-            if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-        ]
+        return self.gateway.workers()
 
     def start_billing(self) -> None:
         """(Re)start ``pvgate billing`` (split stacks only)."""
