@@ -1,15 +1,23 @@
-"""Reading the ledger: enterprises, orders and what derives from their rows."""
+"""Reading the ledger: enterprises, orders and what derives from their rows (`billing.rows`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.errors import NotFound
+from billing.rows import (
+    EnterpriseRow,
+    GiftRow,
+    OrderLineRow,
+    OrderRow,
+    PackageRow,
+    PaymentRow,
+)
 from billing.rules.refunds import InvoiceState
 from billing.schema import (
     enterprises,
@@ -31,44 +39,42 @@ USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
 _HOUR = timedelta(hours=1)
 
 
-def row_dict(row: sa.Row[Any] | None) -> dict[str, Any] | None:
-    return None if row is None else dict(row._mapping)
-
-
-async def get_enterprise(conn: AsyncConnection, enterprise_id: str) -> dict[str, Any]:
+async def get_enterprise(conn: AsyncConnection, enterprise_id: str) -> EnterpriseRow:
     row = (
         await conn.execute(sa.select(enterprises).where(enterprises.c.id == enterprise_id))
     ).first()
     if row is None:
         raise NotFound(f"enterprise {enterprise_id!r} not found")
-    return dict(row._mapping)
+    return EnterpriseRow.from_row(row)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OrderState:
-    order: dict[str, Any]
-    payment: dict[str, Any] | None
+    """An order with every row its state derives from (docs/rules.md §2)."""
+
+    order: OrderRow
+    payment: PaymentRow | None
     invoice: InvoiceState
-    lines: list[dict[str, Any]]
-    packages: list[dict[str, Any]]
-    gifts: list[dict[str, Any]]
+    lines: tuple[OrderLineRow, ...]
+    packages: tuple[PackageRow, ...]
+    gifts: tuple[GiftRow, ...]
 
     @property
-    def status(self) -> str:
+    def status(self) -> Literal["pending_payment", "paid"]:
         return "paid" if self.payment else "pending_payment"
 
     @property
     def paid_at(self) -> datetime | None:
-        return self.payment["paid_at"] if self.payment else None
+        return self.payment.paid_at if self.payment else None
 
 
 async def get_order(conn: AsyncConnection, order_id: str) -> OrderState:
-    order = row_dict((await conn.execute(sa.select(orders).where(orders.c.id == order_id))).first())
+    order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).first()
     if order is None:
         raise NotFound(f"order {order_id!r} not found")
-    payment = row_dict(
-        (await conn.execute(sa.select(payments).where(payments.c.order_id == order_id))).first()
-    )
+    payment = (
+        await conn.execute(sa.select(payments).where(payments.c.order_id == order_id))
+    ).first()
     last_invoice = (
         await conn.execute(
             sa.select(invoice_events.c.event)
@@ -77,30 +83,24 @@ async def get_order(conn: AsyncConnection, order_id: str) -> OrderState:
             .limit(1)
         )
     ).scalar()
-    package_rows = (
-        await conn.execute(
-            sa.select(packages).where(packages.c.order_id == order_id).order_by(packages.c.position)
-        )
-    ).mappings()
-    line_rows = (
-        await conn.execute(
-            sa.select(order_lines)
-            .where(order_lines.c.order_id == order_id)
-            .order_by(order_lines.c.position)
-        )
-    ).mappings()
-    gift_rows = (
-        await conn.execute(
-            sa.select(gifts).where(gifts.c.order_id == order_id).order_by(gifts.c.granted_at)
-        )
-    ).mappings()
+    package_rows = await conn.execute(
+        sa.select(packages).where(packages.c.order_id == order_id).order_by(packages.c.position)
+    )
+    line_rows = await conn.execute(
+        sa.select(order_lines)
+        .where(order_lines.c.order_id == order_id)
+        .order_by(order_lines.c.position)
+    )
+    gift_rows = await conn.execute(
+        sa.select(gifts).where(gifts.c.order_id == order_id).order_by(gifts.c.granted_at)
+    )
     return OrderState(
-        order,
-        payment,
-        InvoiceState(last_invoice or "none"),
-        [dict(r) for r in line_rows],
-        [dict(r) for r in package_rows],
-        [dict(r) for r in gift_rows],
+        order=OrderRow.from_row(order),
+        payment=None if payment is None else PaymentRow.from_row(payment),
+        invoice=InvoiceState(last_invoice or "none"),
+        lines=tuple(OrderLineRow.from_row(r) for r in line_rows),
+        packages=tuple(PackageRow.from_row(r) for r in package_rows),
+        gifts=tuple(GiftRow.from_row(r) for r in gift_rows),
     )
 
 

@@ -116,6 +116,11 @@ async def reconcile(
         for key, d in second.items()
         if first.get(key) == d and used_first.get(key) == used_second.get(key)
     ]
+    await _book(db, steady)
+    return steady
+
+
+async def _book(db: Database, steady: Iterable[Difference]) -> None:
     now = datetime.now(UTC)
     async with db.begin() as conn:
         for d in steady:
@@ -135,7 +140,6 @@ async def reconcile(
                     ),
                 )
             )
-    return steady
 
 
 async def record_expirations(db: Database, store: BalanceStore, *, grace: timedelta) -> int:

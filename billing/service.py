@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from billing import reconcile
 from billing.api.app import create_admin_app
 from billing.api.routes import business_api
 from billing.api.server import AdminRunner
+from billing.api.services import SETTINGS, SITE_REGISTRY, STORE
 from billing.consumer import UsageConsumer
 from billing.db import Database
 from billing.settings import BillingSettings
@@ -33,21 +34,22 @@ from metering.scripts import RedisClient
 from metering.sites import SiteRegistry
 
 log = logging.getLogger("pvgate.billing")
-REDIS = web.AppKey("billing_redis", BalanceStore)
 
 
 def build_app(settings: BillingSettings, db: Database, client: RedisClient) -> web.Application:
     """The admin app with the consumer and jobs attached to its lifetime."""
     store = BalanceStore(client)
-    app = create_admin_app(
-        db, business_api(), store=store, settings=settings, registry=SiteRegistry(client)
-    )
-    app[REDIS] = store
+    app = create_admin_app(db, business_api())
+    app[STORE] = store
+    app[SETTINGS] = settings
+    app[SITE_REGISTRY] = SiteRegistry(client)
     app.cleanup_ctx.append(_background(settings, db, client, store))
     return app
 
 
-def _background(settings: BillingSettings, db: Database, client: RedisClient, store: BalanceStore):  # type: ignore[no-untyped-def]
+def _background(
+    settings: BillingSettings, db: Database, client: RedisClient, store: BalanceStore
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def run(app: web.Application) -> AsyncIterator[None]:
         name = settings.consumer.name or f"{socket.gethostname()}-{os.getpid()}"
         consumer = UsageConsumer(

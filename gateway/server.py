@@ -5,7 +5,8 @@ port some other process listens on (another gateway included) stops start-up ins
 being silently shared — then one SO_REUSEPORT socket per worker, so that the kernel
 spreads connections over the workers.  It starts the workers (spawned, each with uvloop
 and its own Redis client, Meter and origin pool, each handed its socket), restarts a
-worker that dies on the same socket, and serves ``/metrics`` (every worker's metrics
+worker that dies on the same socket with back-off, stops when one dies at start-up
+(`gateway.workers`), and serves ``/metrics`` (every worker's metrics
 through prometheus multiprocess mode), ``/healthz`` and ``/readyz`` on the metrics port.
 SIGTERM: the workers stop accepting, finish what is in flight (bounded by
 ``limits.shutdown_grace_s``), flush their usage and exit; then the supervisor exits.
@@ -16,19 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import tempfile
 import time
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway.settings import GatewaySettings, split_address
+from gateway.workers import StartupFailed, WorkerPool
 from metering.config import ConfigError
 from metering.logs import configure_logging
 
@@ -79,7 +79,7 @@ class Supervisor:
     def __init__(self, settings: GatewaySettings, metrics_dir: Path) -> None:
         self.settings = settings
         self.metrics_dir = metrics_dir
-        self.workers: list[BaseProcess] = []
+        self.pool = WorkerPool(settings, metrics_dir)
         self.sockets: list[socket.socket] = []
         self.stopping = asyncio.Event()
         self._redis_ok = (0.0, False)
@@ -89,7 +89,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         self.sockets = listen_sockets(self.settings.listen, self.settings.workers)
-        self.workers = [self._spawn(sock) for sock in self.sockets]
+        self.pool.start(self.sockets)
         runner = web.AppRunner(self._metrics_app(), access_log=None)
         await runner.setup()
         host, port = split_address(self.settings.metrics_listen, "metrics_listen")
@@ -97,55 +97,24 @@ class Supervisor:
         log.info(
             "gateway on %s with %d workers, metrics on %s",
             self.settings.listen,
-            len(self.workers),
+            len(self.sockets),
             self.settings.metrics_listen,
         )
+        status = 0
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 0.5)
-            self._replace_dead()
-        await self._stop_workers()
+                await asyncio.wait_for(self.stopping.wait(), 0.2)
+            try:
+                self.pool.check()
+            except StartupFailed as exc:
+                log.error("%s: the gateway stops", exc)
+                status = 1
+                break
+        await self.pool.stop()
         for sock in self.sockets:
             sock.close()
         await runner.cleanup()
-        return 0
-
-    def _spawn(self, sock: socket.socket) -> BaseProcess:
-        from gateway.worker import run_worker
-
-        ctx = multiprocessing.get_context("spawn")
-        process = ctx.Process(
-            target=run_worker,
-            args=(self.settings, str(self.metrics_dir), sock, os.getpid()),
-            daemon=False,
-        )
-        process.start()
-        return process
-
-    def _replace_dead(self) -> None:
-        from prometheus_client import multiprocess
-
-        for i, process in enumerate(self.workers):
-            if process.is_alive() or self.stopping.is_set():
-                continue
-            log.error("worker %s exited with %s; starting another", process.pid, process.exitcode)
-            if process.pid is not None:
-                multiprocess.mark_process_dead(process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
-                (self.metrics_dir / f"ready-{process.pid}").unlink(missing_ok=True)
-                (self.metrics_dir / f"flushed-{process.pid}").unlink(missing_ok=True)
-            self.workers[i] = self._spawn(self.sockets[i])
-
-    async def _stop_workers(self) -> None:
-        for process in self.workers:
-            if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.limits.shutdown_grace_s + 5
-        for process in self.workers:
-            await asyncio.to_thread(process.join, max(deadline - time.monotonic(), 0.1))
-            if process.is_alive():
-                log.error("worker %s did not stop in time; killed", process.pid)
-                process.kill()
-            process.join(5)
+        return status
 
     def _metrics_app(self) -> web.Application:
         app = web.Application()
@@ -168,7 +137,7 @@ class Supervisor:
         """Have every ready worker add what it counted locally (`metering.metrics`) before
         the scrape is read: SIGUSR1, answered by a bumped ``flushed-<pid>`` file."""
         waiting: dict[Path, str] = {}
-        for process in self.workers:
+        for process in self.pool.processes:
             pid = process.pid
             if pid is None or not process.is_alive():
                 continue
@@ -188,21 +157,20 @@ class Supervisor:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        alive = [p for p in self.workers if p.is_alive()]
-        ready = [p for p in alive if (self.metrics_dir / f"ready-{p.pid}").exists()]
+        ready = self.pool.ready()
         redis_ok = await self._redis_reachable()
         # In fail_open the workers serve through a Redis outage, by design: taking every
         # gateway out of rotation at once would refuse what fail_open exists to serve.
         redis_needed = self.settings.failure.mode == "fail_closed"
         ok = (
             (redis_ok or not redis_needed)
-            and len(ready) == len(self.workers)
+            and len(ready) == len(self.sockets)
             and not self.stopping.is_set()
         )
         body = {
             "ready": ok,
             "redis": redis_ok,
-            "workers": len(self.workers),
+            "workers": len(self.sockets),
             "workers_ready": len(ready),
         }
         return web.json_response(body, status=200 if ok else 503)

@@ -56,8 +56,13 @@ def run_worker(
 ) -> None:
     _stop_with_supervisor(supervisor)
     configure_logging(settings.log_level)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_serve(settings, Path(metrics_dir), sock))
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_serve(settings, Path(metrics_dir), sock))
+    except BaseException as exc:  # for the supervisor, which reports it (gateway.workers)
+        failed = Path(metrics_dir) / f"failed-{os.getpid()}"
+        failed.write_text(f"{type(exc).__name__}: {exc}"[:2000])
+        raise
 
 
 @contextlib.asynccontextmanager

@@ -11,11 +11,14 @@ On a single node a round goes out on the Meter's own pipelined connection
 a cluster, or while that connection is being (re)made, a round goes through the client:
 at most ``max_pipeline`` enterprises per pipeline, the pipelines of one flush
 concurrently, so that Redis runs one group while the client is still building or reading
-another.  At most ``max_inflight`` rounds
-are in flight: the debits that arrive meanwhile wait and go out together as the next
-round, so the batch grows with the load by itself (the Nagle idea) and a busy gateway
-makes far fewer, larger script calls; a second round overlaps the first only when it
-is wide (a quarter of ``max_pipeline`` enterprises or more).
+another.  At most ``max_inflight`` rounds are in flight: the debits that arrive meanwhile
+wait and go out together as the next round, so the batch grows with the load by itself
+(the Nagle idea) and a busy gateway makes far fewer, larger script calls.  On the pipe a
+second round overlaps the first at once: Redis answers one connection in order, so the
+earliest waiters still win at the zero boundary, and the debits spend no time waiting
+for a round to come back.  Through the client, whose rounds may take different
+connections, a second round overlaps the first only when it is wide (a quarter of
+``max_pipeline`` enterprises or more), where overlapping pays.
 
 The deadline measures Redis, not the gateway (docs/architecture.md §10).  A round's
 ``timeout`` starts when the round is written to Redis — time a debit spent queued in the
@@ -140,16 +143,22 @@ class Meter:
             waiters.append(future)
         if not self._scheduled and (
             self._inflight == 0
-            # A second round overlaps the first only when it is wide (many enterprises),
-            # where overlapping pays; a narrow one waits for a round to come back and grows.
-            # Either way it waits for Redis's verdict on the rounds in flight, which the
-            # deadline rule bounds.
-            or (self._inflight < self._max_inflight and len(self._pending) >= self._wide)
+            # A narrow round waits for one in flight to come back (and grows) unless it
+            # goes on the pipe (see the module docstring); either way it waits for
+            # Redis's verdict on the rounds in flight, which the deadline rule bounds.
+            or (
+                self._inflight < self._max_inflight
+                and (self._on_pipe() or len(self._pending) >= self._wide)
+            )
         ):
             self._scheduled = True
             # Runs after every callback already ready in this turn has queued its debit.
             loop.call_soon(self._flush)
         return future
+
+    def _on_pipe(self) -> bool:
+        pipe = self._pipe
+        return pipe is not None and not pipe.closed
 
     async def prepare(self) -> None:
         """Load the scripts the Meter calls (on every master), before the first request;

@@ -1,15 +1,29 @@
-"""Fixtures: real Redis servers started for the session, clients per test and topology."""
+"""Fixtures: real Redis servers started for the session, clients per test and topology;
+the billing ledger on SQLite and PostgreSQL.
+
+``db`` is a fresh, migrated ledger, parametrized over SQLite (a file in ``tmp_path``) and
+PostgreSQL (a database created per test on the server named by ``PVGATE_TEST_POSTGRES_URL``
+with `billing.db.scratch_database`, dropped afterwards); ``empty_db`` the same, not
+migrated.  The PostgreSQL case skips, saying why, when the variable is unset or no server
+answers.  ``sqlite_db`` and ``pg_db`` are one backend only; `open_ledger` serves fixtures
+of a wider scope.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from metering.embedded import RedisClusterServers, RedisServer
+from billing.db import Database, scratch_database
 from metering.scripts import RedisClient
+from pvgate.embedded import RedisClusterServers, RedisServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -86,3 +100,68 @@ async def client(servers: RedisServer | RedisClusterServers) -> AsyncIterator[Re
         conn = await cluster_client(servers).initialize()
     yield conn
     await conn.aclose()
+
+
+POSTGRES_ENV = "PVGATE_TEST_POSTGRES_URL"
+LEDGER_BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
+
+
+@asynccontextmanager
+async def open_ledger(
+    backend: str, directory: Path, *, migrated: bool = True
+) -> AsyncIterator[Database]:
+    """A fresh ledger on ``backend`` ("sqlite": a file in ``directory``; "postgresql": a
+    scratch database), disposed (and dropped) afterwards; skips when PostgreSQL is absent."""
+    if backend == "sqlite":
+        db = Database(f"sqlite:///{directory}/ledger.db")
+        try:
+            if migrated:
+                await db.migrate()
+            yield db
+        finally:
+            await db.dispose()
+        return
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(
+            f"PostgreSQL case: set {POSTGRES_ENV} (e.g. postgresql://postgres@127.0.0.1/test)"
+        )
+    scratch = scratch_database(url, "pvgate_t")
+    try:
+        db = await scratch.__aenter__()
+    except (OSError, TimeoutError, sa.exc.DBAPIError) as exc:
+        pytest.skip(f"PostgreSQL case: no server answers at {POSTGRES_ENV}: {exc!r}")
+    try:
+        if migrated:
+            await db.migrate()
+        yield db
+    finally:
+        await scratch.__aexit__(None, None, None)
+
+
+@pytest.fixture(params=LEDGER_BACKENDS)
+async def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """A fresh, NOT migrated ledger on each backend."""
+    async with open_ledger(request.param, tmp_path, migrated=False) as db:
+        yield db
+
+
+@pytest.fixture
+async def db(empty_db: Database) -> Database:
+    """A fresh, migrated ledger on each backend (SQLite, PostgreSQL)."""
+    await empty_db.migrate()
+    return empty_db
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A fresh, migrated ledger on SQLite only, for what does not depend on the backend."""
+    async with open_ledger("sqlite", tmp_path) as db:
+        yield db
+
+
+@pytest.fixture
+async def pg_db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A fresh, migrated ledger on PostgreSQL only (skips, saying why, without a server)."""
+    async with open_ledger("postgresql", tmp_path) as db:
+        yield db

@@ -2,7 +2,9 @@
 
 ``create_admin_app(db, api)`` serves ``api``'s routes plus the built-in ones
 (``GET /v1/audit``, ``GET /openapi.json``, ``GET /healthz``).  The caller owns ``db`` (it
-migrates and disposes it); the app checks at start-up that its schema is current.
+migrates and disposes it); the app checks at start-up that its schema is current.  What
+else the routes need the caller sets under its own typed `web.AppKey`s on the returned app
+(as `billing.service.build_app` sets `billing.api.services.STORE`) before it starts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from billing.api import audit_routes
 from billing.api.auth import PrincipalCache
-from billing.api.context import BILLING_DB, EXTRA_STATE, IDEMPOTENCY, PRINCIPALS
+from billing.api.context import BILLING_DB, IDEMPOTENCY, PRINCIPALS
 from billing.api.edge import api_middleware, json_response
 from billing.api.framework import Api
 from billing.api.idempotency import IdempotencyStore
@@ -53,13 +55,11 @@ def create_admin_app(
     auth_cache_ttl: float = 2.0,
     idempotency_stale_after: float = 60.0,
     client_max_size: int = MAX_BODY_BYTES,
-    **extra_state: object,
 ) -> web.Application:
     """The admin aiohttp app serving ``api`` and the built-in routes over ``db``.
 
-    ``extra_state`` (e.g. a Redis client, settings) is reachable in handlers through
-    ``ctx.state(name, type)``; callers may equally set their own typed ``web.AppKey`` on the
-    returned app and append to its ``cleanup_ctx``.
+    Callers set the state their routes read under typed `web.AppKey`s on the returned app
+    and append their long-lived resources to its ``cleanup_ctx``.
     """
     routes = Api()
     routes.include(audit_routes.api)
@@ -69,7 +69,6 @@ def create_admin_app(
     app[ADMIN_API] = routes
     app[PRINCIPALS] = PrincipalCache(ttl=auth_cache_ttl)
     app[IDEMPOTENCY] = IdempotencyStore(db, stale_after=idempotency_stale_after)
-    app[EXTRA_STATE] = dict(extra_state)
     app[OPENAPI_DOCUMENT] = orjson.dumps(build_openapi(routes))  # a bad model fails here
     if check_schema:
         app.cleanup_ctx.append(_schema_checked)

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing.api.errors import Forbidden
 from billing.db import Database
 from billing.errors import NotFound
+from billing.rows import EnterpriseRow
 from billing.schema import api_tokens, enterprises
 
 Kind = Literal["ops", "partner", "merchant"]
@@ -212,7 +213,7 @@ def enterprise_not_found(enterprise_id: str) -> NotFound:
 
 async def fetch_visible_enterprise(
     conn: AsyncConnection, principal: Principal, enterprise_id: str
-) -> sa.Row[Any]:
+) -> EnterpriseRow:
     """The ``enterprises`` row, or NotFound if it does not exist or is outside the scope."""
     row = (
         await conn.execute(sa.select(enterprises).where(enterprises.c.id == enterprise_id))
@@ -220,7 +221,7 @@ async def fetch_visible_enterprise(
     if row is None:
         raise enterprise_not_found(enterprise_id)
     require_enterprise(principal, enterprise_id, row.partner_id)
-    return row
+    return EnterpriseRow.from_row(row)
 
 
 def enterprise_scope(principal: Principal, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:

@@ -1,10 +1,14 @@
-"""The admin app's typed state and the per-request context handed to every route handler."""
+"""The admin app's typed state and the per-request context handed to every route handler.
+
+The framework's own state is under the `web.AppKey`s here; an app built on it adds its own
+keys (the business routes' are in `billing.api.services`) and handlers read them with
+``ctx.app[KEY]``, typed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,12 +18,9 @@ from billing.api.idempotency import IdempotencyStore
 from billing.audit import write_audit
 from billing.db import Database
 
-T = TypeVar("T")
-
 BILLING_DB = web.AppKey("billing_db", Database)
 PRINCIPALS = web.AppKey("principals", PrincipalCache)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
-EXTRA_STATE: web.AppKey[Mapping[str, object]] = web.AppKey("extra_state")
 
 
 @dataclass(slots=True)
@@ -38,13 +39,6 @@ class RequestContext:
     idempotency_key: str | None = None
     audit_action: str | None = None  # the route's default action
     audit_rows: int = field(default=0)
-
-    def state(self, name: str, kind: type[T]) -> T:
-        """An object passed to ``create_admin_app(**extra_state)``, checked to be a ``kind``."""
-        value = self.app[EXTRA_STATE][name]
-        if not isinstance(value, kind):
-            raise TypeError(f"app state {name!r} is a {type(value).__name__}, not {kind.__name__}")
-        return value
 
     async def audit(
         self,

@@ -34,18 +34,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-from pydantic_core import ErrorDetails
+from pydantic import BaseModel, ConfigDict, create_model
 
 from billing.api.auth import KINDS, Kind, Principal, authenticate, bearer_token
 from billing.api.context import BILLING_DB, IDEMPOTENCY, PRINCIPALS, RequestContext
 from billing.api.edge import REQUEST_ID, error_response, json_response, translate
-from billing.api.errors import Forbidden, MalformedRequest, PayloadTooLarge, Unauthorized
-from billing.api.fields import NO_CONTROL_CHARACTERS, TEXT_PATTERN, check_strict
+from billing.api.errors import Forbidden, Unauthorized
 from billing.api.fields import BucketId as BucketId
 from billing.api.fields import Id as Id
 from billing.api.fields import ParamBool as ParamBool
@@ -53,8 +48,9 @@ from billing.api.fields import ParamInt as ParamInt
 from billing.api.fields import QueryTime as QueryTime
 from billing.api.fields import Text as Text
 from billing.api.fields import Timestamp as Timestamp
+from billing.api.fields import check_strict
 from billing.api.idempotency import KEY_HEADER, REPLAYED_HEADER, request_hash, validate_key
-from billing.errors import ValidationFailed
+from billing.api.parsing import read_body, validated_body, validated_path, validated_query
 
 log = logging.getLogger("pvgate.billing.api")
 
@@ -65,7 +61,6 @@ Handler = Callable[..., Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
 
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
-_FRIENDLY = {"extra_forbidden": "unknown field", "missing": "field required"}
 
 
 class ApiModel(BaseModel):
@@ -215,14 +210,13 @@ def _endpoint(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespo
         principal = await _authenticate(request)
         if principal.kind not in route.roles:
             raise Forbidden(f"a {principal.kind} token may not use {route.method} {route.path}")
-        kwargs: dict[str, Any] = dict(_validated_path(route, request))
-        if route.query_model is not None:
-            kwargs["query"] = _validated_query(route.query_model, request)
-        elif request.query:
-            raise ValidationFailed(f"query.{next(iter(request.query))}", "unknown parameter")
+        kwargs = validated_path(route.path_model, route.path_params, request)
+        query = validated_query(route.query_model, request)
+        if query is not None:
+            kwargs["query"] = query
         key = validate_key(request.headers.get(KEY_HEADER)) if route.method == "POST" else None
-        raw = await _read_body(request)
-        body = _validated_body(route, request, raw)
+        raw = await read_body(request)
+        body = validated_body(route.request_model, request, raw)
         ctx = RequestContext(
             principal=principal,
             request_id=request[REQUEST_ID],
@@ -248,90 +242,6 @@ async def _authenticate(request: web.Request) -> Principal:
     if principal is None:
         raise Unauthorized("invalid or revoked token")
     return principal
-
-
-def _validated_path(route: Route, request: web.Request) -> dict[str, Any]:
-    try:
-        model = route.path_model.model_validate(dict(request.match_info))
-    except ValidationError as exc:
-        raise _invalid("path", exc) from None
-    return {name: getattr(model, name) for name in route.path_params}
-
-
-def _validated_query(model: type[BaseModel], request: web.Request) -> BaseModel:
-    data: dict[str, Any] = {}
-    for name in set(request.query.keys()):
-        values = request.query.getall(name)
-        field = model.model_fields.get(name)
-        many = field is not None and _is_collection(field.annotation)
-        data[name] = values if many or len(values) > 1 else values[0]
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid("query", exc) from None
-
-
-def _is_collection(annotation: Any) -> bool:
-    """list[str], set[int] | None…: a parameter that may repeat (``?tag=a&tag=b``)."""
-    if typing.get_origin(annotation) in (list, set, tuple, frozenset):
-        return True
-    return any(_is_collection(arg) for arg in typing.get_args(annotation) if arg is not None)
-
-
-async def _read_body(request: web.Request) -> bytes:
-    if not request.body_exists:
-        return b""
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise PayloadTooLarge(f"request body over {request.client_max_size} bytes") from exc
-    except RequestPayloadError as exc:  # e.g. a Content-Encoding it does not decode to
-        cause = exc.__cause__
-        detail = cause.message if isinstance(cause, HttpProcessingError) else "broken encoding"
-        raise MalformedRequest(f"the request body cannot be read: {detail}") from exc
-
-
-def _validated_body(route: Route, request: web.Request, raw: bytes) -> BaseModel | None:
-    if route.request_model is None:
-        if raw.strip() and _loads_or_none(raw) != {}:
-            raise ValidationFailed("body", "this route takes no request body")
-        return None
-    if not raw.strip():
-        raise ValidationFailed("body", "a JSON object is required")
-    if request.content_type != "application/json":
-        raise ValidationFailed(
-            "Content-Type", f"must be application/json, not {request.content_type!r}"
-        )
-    try:
-        return route.request_model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise _invalid("body", exc) from None
-
-
-def _loads_or_none(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _invalid(where: str, exc: ValidationError) -> ValidationFailed:
-    """One ValidationFailed naming the first bad field, and the others after it."""
-    problems = [
-        (".".join([where, *(str(part) for part in err["loc"])]), _message(err))
-        for err in exc.errors(include_url=False)
-    ]
-    (field, first), rest = problems[0], problems[1:6]
-    if rest:
-        first += "; also " + "; ".join(f"{f}: {m}" for f, m in rest)
-    return ValidationFailed(field, first)
-
-
-def _message(err: ErrorDetails) -> str:
-    pattern = err.get("ctx", {}).get("pattern")
-    if err["type"] == "string_pattern_mismatch" and pattern == TEXT_PATTERN:
-        return NO_CONTROL_CHARACTERS  # what Text's pattern says, in words
-    return _FRIENDLY.get(err["type"], err["msg"])
 
 
 async def _run(

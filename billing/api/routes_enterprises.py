@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -11,6 +12,7 @@ from billing import operations
 from billing.api import services
 from billing.api.context import RequestContext
 from billing.api.framework import Api, ApiModel, BucketId, Id, QueryTime, Text, Timestamp
+from billing.api.services import SETTINGS, STORE
 from billing.errors import ValidationFailed
 from billing.ledger import USAGE_SOURCES, UsageSource, usage_entries
 from metering.buckets import from_ms
@@ -70,14 +72,14 @@ class EnterprisePatch(ApiModel):
 )
 async def register_enterprise(ctx: RequestContext, body: EnterpriseIn) -> EnterpriseOut:
     """ops register any enterprise; a partner registers its own (partner_id is itself)."""
-    data = body.model_dump()
+    new = operations.NewEnterprise(**body.model_dump())
     if ctx.principal.kind == "partner":
-        if data["partner_id"] not in (None, ctx.principal.subject_id):
+        if new.partner_id not in (None, ctx.principal.subject_id):
             raise ValidationFailed("partner_id", "a partner registers its own enterprises")
-        data["partner_id"] = ctx.principal.subject_id
-        data["verified"] = False  # verification is ops' call
-    row = await operations.register_enterprise(ctx.db, ctx.audit, data)
-    return EnterpriseOut.model_validate(row)
+        # Verification is ops' call.
+        new = dataclasses.replace(new, partner_id=ctx.principal.subject_id, verified=False)
+    row = await operations.register_enterprise(ctx.db, ctx.audit, new)
+    return EnterpriseOut.model_validate(row, from_attributes=True)
 
 
 @api.route(
@@ -87,7 +89,8 @@ async def register_enterprise(ctx: RequestContext, body: EnterpriseIn) -> Enterp
     response_model=EnterpriseOut,
 )
 async def get_enterprise(ctx: RequestContext, body: None, enterprise_id: Id) -> EnterpriseOut:
-    return EnterpriseOut.model_validate(await services.visible_enterprise(ctx, enterprise_id))
+    row = await services.visible_enterprise(ctx, enterprise_id)
+    return EnterpriseOut.model_validate(row, from_attributes=True)
 
 
 @api.route(
@@ -105,9 +108,9 @@ async def patch_enterprise(
     """Suspension blocks the enterprise's pages at once (through metering)."""
     await services.visible_enterprise(ctx, enterprise_id)
     row = await operations.update_enterprise(
-        ctx.db, services.store(ctx), ctx.audit, enterprise_id, body.changes(), body.reason
+        ctx.db, ctx.app[STORE], ctx.audit, enterprise_id, body.changes(), body.reason
     )
-    return EnterpriseOut.model_validate(row)
+    return EnterpriseOut.model_validate(row, from_attributes=True)
 
 
 class BucketOut(ApiModel):
@@ -138,7 +141,7 @@ class BalanceOut(ApiModel):
 async def get_balance(ctx: RequestContext, body: None, enterprise_id: Id) -> BalanceOut:
     """Available PV (live buckets), why pages would be refused, every bucket."""
     await services.visible_enterprise(ctx, enterprise_id)
-    snapshot = await services.store(ctx).snapshot(enterprise_id)
+    snapshot = await ctx.app[STORE].snapshot(enterprise_id)
     return BalanceOut(
         enterprise_id=enterprise_id,
         available=snapshot.available,
@@ -191,17 +194,17 @@ async def grant_gift(ctx: RequestContext, body: GiftIn, enterprise_id: Id) -> Gi
     """Gift PV are used before purchased PV; a gift tied to an order is voided by its refund."""
     row = await operations.grant_gift(
         ctx.db,
-        services.store(ctx),
+        ctx.app[STORE],
         ctx.audit,
         enterprise_id,
         pv=body.pv,
         reason=body.reason,
         order_id=body.order_id,
         expires_at=body.expires_at,
-        tz=services.settings(ctx).timezone,
+        tz=ctx.app[SETTINGS].timezone,
         gift_id=services.id_for_request(ctx, "gift"),
     )
-    return GiftOut.model_validate(row)
+    return GiftOut.model_validate(row, from_attributes=True)
 
 
 class AdjustmentIn(ApiModel):
@@ -235,7 +238,7 @@ async def adjust(ctx: RequestContext, body: AdjustmentIn, enterprise_id: Id) -> 
         raise ValidationFailed("delta_pv", "must not be 0")
     row = await operations.adjust_bucket(
         ctx.db,
-        services.store(ctx),
+        ctx.app[STORE],
         ctx.audit,
         enterprise_id,
         bucket_id=body.bucket_id,
@@ -244,7 +247,7 @@ async def adjust(ctx: RequestContext, body: AdjustmentIn, enterprise_id: Id) -> 
         actor=ctx.principal.actor,
         adjustment_id=services.id_for_request(ctx, "adj"),
     )
-    return AdjustmentOut.model_validate(row)
+    return AdjustmentOut.model_validate(row, from_attributes=True)
 
 
 class UsageQuery(ApiModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, StrictBool, StrictInt
 
@@ -11,6 +11,7 @@ from billing import operations, refunding
 from billing.api import services
 from billing.api.context import RequestContext
 from billing.api.framework import Api, ApiModel, BucketId, Id, Text, Timestamp
+from billing.api.services import SETTINGS, STORE
 from billing.errors import ValidationFailed
 from billing.ledger import OrderState
 from billing.rules.pricing import get_sku, quote_interop, quote_packages
@@ -55,26 +56,16 @@ async def create_quote(ctx: RequestContext, body: QuoteIn) -> QuoteOut:
             quantity=body.quantity,
             total_fen=quote.total_fen,
             total_pv=quote.total_pv,
-            lines=[_line(x) for x in quote.lines],
+            lines=[QuoteLineOut.model_validate(x, from_attributes=True) for x in quote.lines],
         )
-    mode = services.settings(ctx).interop_pricing
+    mode = ctx.app[SETTINGS].interop_pricing
     interop = quote_interop(body.quantity, body.years, mode)
     return QuoteOut(
         kind="interop",
         quantity=body.quantity,
         total_fen=interop.total_fen,
         mode=mode,
-        lines=[_line(x) for x in interop.lines],
-    )
-
-
-def _line(line: Any) -> QuoteLineOut:
-    return QuoteLineOut(
-        item=line.item,
-        description=line.description,
-        quantity=line.quantity,
-        unit_price_fen=line.unit_price_fen,
-        amount_fen=line.amount_fen,
+        lines=[QuoteLineOut.model_validate(x, from_attributes=True) for x in interop.lines],
     )
 
 
@@ -114,24 +105,18 @@ class OrderOut(ApiModel):
 def order_out(state: OrderState) -> OrderOut:
     o = state.order
     return OrderOut(
-        id=o["id"],
-        enterprise_id=o["enterprise_id"],
-        sku=o["sku"],
-        quantity=o["quantity"],
-        amount_fen=o["amount_fen"],
-        status=state.status,  # type: ignore[arg-type]
+        id=o.id,
+        enterprise_id=o.enterprise_id,
+        sku=o.sku,
+        quantity=o.quantity,
+        amount_fen=o.amount_fen,
+        status=state.status,
         invoice=state.invoice.value,
-        created_at=o["created_at"],
+        created_at=o.created_at,
         paid_at=state.paid_at,
-        lines=[
-            QuoteLineOut.model_validate({k: x[k] for k in QuoteLineOut.model_fields})
-            for x in state.lines
-        ],
-        packages=[
-            PackageOut.model_validate({k: p[k] for k in PackageOut.model_fields})
-            for p in state.packages
-        ],
-        gift_ids=[g["id"] for g in state.gifts],
+        lines=[QuoteLineOut.model_validate(x, from_attributes=True) for x in state.lines],
+        packages=[PackageOut.model_validate(p, from_attributes=True) for p in state.packages],
+        gift_ids=[g.id for g in state.gifts],
     )
 
 
@@ -191,12 +176,12 @@ async def pay_order(ctx: RequestContext, body: PaymentIn, order_id: Id) -> Order
     await services.visible_order(ctx, order_id)
     state = await operations.pay_order(
         ctx.db,
-        services.store(ctx),
+        ctx.app[STORE],
         ctx.audit,
         order_id,
         reference=body.reference,
         paid_at=paid_at,
-        tz=services.settings(ctx).timezone,
+        tz=ctx.app[SETTINGS].timezone,
     )
     return order_out(state)
 
@@ -267,10 +252,7 @@ def quote_out(quote: RefundQuote) -> RefundQuoteOut:
     return RefundQuoteOut(
         order_id=quote.order_id,
         window_end=quote.window_end,
-        lines=[
-            RefundLineOut.model_validate({k: getattr(x, k) for k in RefundLineOut.model_fields})
-            for x in quote.lines
-        ],
+        lines=[RefundLineOut.model_validate(x, from_attributes=True) for x in quote.lines],
         voided_gifts=list(quote.voided_gifts),
         gift_used_pv=quote.gift_used_pv,
         recharged=dict(quote.recharged),
@@ -292,11 +274,11 @@ async def quote_refund(ctx: RequestContext, body: RefundIn) -> RefundQuoteOut:
     await services.visible_order(ctx, body.order_id)
     quote = await refunding.quote(
         ctx.db,
-        services.store(ctx),
+        ctx.app[STORE],
         body.order_id,
         body.package_ids,
         now=datetime.now(UTC),
-        tz=services.settings(ctx).timezone,
+        tz=ctx.app[SETTINGS].timezone,
     )
     return quote_out(quote)
 
@@ -328,24 +310,21 @@ async def create_refund(ctx: RequestContext, body: RefundIn) -> RefundOut:
     await services.visible_order(ctx, body.order_id)
     result = await refunding.execute(
         ctx.db,
-        services.store(ctx),
+        ctx.app[STORE],
         ctx.audit,
         body.order_id,
         body.package_ids,
         key=services.id_for_request(ctx, "refund") or "",
         actor=ctx.principal.actor,
         now=datetime.now(UTC),
-        tz=services.settings(ctx).timezone,
+        tz=ctx.app[SETTINGS].timezone,
     )
     return RefundOut(
         refund_id=result.refund_id,
         order_id=result.order_id,
         enterprise_id=result.enterprise_id,
-        package_ids=result.package_ids,
-        lines=[
-            RefundLineOut.model_validate({k: x[k] for k in RefundLineOut.model_fields})
-            for x in result.lines
-        ],
+        package_ids=list(result.package_ids),
+        lines=[RefundLineOut.model_validate(x, from_attributes=True) for x in result.lines],
         total_refund_fen=result.total_refund_fen,
         completed_at=result.completed_at,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from pydantic import Field, StringConstraints
@@ -13,7 +14,9 @@ from billing.api import services
 from billing.api.auth import enterprise_scope, require_ops
 from billing.api.context import RequestContext
 from billing.api.framework import Api, ApiModel, Id, Text
+from billing.api.services import SETTINGS, SITE_REGISTRY
 from billing.errors import Conflict, NotFound, ValidationFailed
+from billing.rows import SiteDefinition, SiteRow
 from billing.schema import sites
 from metering.errors import InvalidSite
 from metering.sites import Site, SiteStatus
@@ -59,52 +62,48 @@ def _site(host: str, body: SiteIn, status: SiteStatus) -> Site:
         raise ValidationFailed(exc.field, exc.problem) from exc
 
 
-def _out(row: dict[str, Any]) -> SiteOut:
-    d = row["definition"]
+def _out(row: SiteRow) -> SiteOut:
+    d = row.definition
     return SiteOut(
-        key=row["key"],
-        host=d["host"],
-        path_prefix=d["path_prefix"],
-        enterprise_id=row["enterprise_id"],
-        origin=d["origin"],
-        status=row["status"],
-        include=d["include"],
-        exclude=d["exclude"],
-        review_note=row["review_note"],
-        updated_at=row["updated_at"],
+        key=row.key,
+        host=d.host,
+        path_prefix=d.path_prefix,
+        enterprise_id=row.enterprise_id,
+        origin=d.origin,
+        status=row.status,  # type: ignore[arg-type]  # the sites.status values
+        include=list(d.include),
+        exclude=list(d.exclude),
+        review_note=row.review_note,
+        updated_at=row.updated_at,
     )
 
 
-async def _save(ctx: RequestContext, site: Site, note: str, before: Any) -> SiteOut:
-    row = {
-        "key": site.key,
-        "enterprise_id": site.enterprise_id,
-        "definition": {**_definition(site)},
-        "status": site.status.value,
-        "review_note": note,
-        "updated_at": datetime.now(UTC),
-    }
+async def _save(ctx: RequestContext, site: Site, note: str, before: SiteRow | None) -> SiteOut:
+    row = SiteRow(
+        key=site.key,
+        enterprise_id=site.enterprise_id,
+        definition=SiteDefinition(
+            host=site.host,
+            path_prefix=site.path_prefix,
+            origin=site.origin,
+            include=site.include,
+            exclude=site.exclude,
+        ),
+        status=site.status.value,
+        review_note=note,
+        updated_at=datetime.now(UTC),
+    )
     async with ctx.db.begin() as conn:
         await conn.execute(sa.delete(sites).where(sites.c.key == site.key))
-        await conn.execute(sites.insert().values(**row))
+        await conn.execute(sites.insert().values(**dataclasses.asdict(row)))
         await ctx.audit(
             conn, enterprise_id=site.enterprise_id, before=before, after=row, reason=note
         )
-    await services.registry(ctx).put(site)  # every gateway sees it within a second
+    await ctx.app[SITE_REGISTRY].put(site)  # every gateway sees it within a second
     return _out(row)
 
 
-def _definition(site: Site) -> dict[str, Any]:
-    return {
-        "host": site.host,
-        "path_prefix": site.path_prefix,
-        "origin": site.origin,
-        "include": list(site.include),
-        "exclude": list(site.exclude),
-    }
-
-
-async def _existing(ctx: RequestContext, key: str) -> dict[str, Any] | None:
+async def _existing(ctx: RequestContext, key: str) -> SiteRow | None:
     async with ctx.db.engine.connect() as conn:
         row = (
             await conn.execute(
@@ -113,7 +112,7 @@ async def _existing(ctx: RequestContext, key: str) -> dict[str, Any] | None:
                 )
             )
         ).first()
-    return None if row is None else dict(row._mapping)
+    return None if row is None else SiteRow.from_row(row)
 
 
 @api.route(
@@ -134,10 +133,8 @@ async def put_site(ctx: RequestContext, body: SiteIn, host: Host) -> SiteOut:
             taken = await conn.scalar(sa.select(sites.c.key).where(sites.c.key == site.key))
         if taken:  # another tenant's site: the same answer as for any unseen object
             raise NotFound(f"site {site.key!r} not found")
-    conf = services.settings(ctx).review
-    verdict = await review.review(
-        site, enterprise["industry"], conf.deny_words, conf.fetch_timeout_s
-    )
+    conf = ctx.app[SETTINGS].review
+    verdict = await review.review(site, enterprise.industry, conf.deny_words, conf.fetch_timeout_s)
     if verdict.rejected:
         site = _site(host, body, SiteStatus.REJECTED)
     return await _save(ctx, site, verdict.note, before)
@@ -167,7 +164,7 @@ async def list_sites(ctx: RequestContext, body: None, query: SitesQuery) -> Site
             .mappings()
             .all()
         )
-    return SiteList(items=[_out(dict(r)) for r in rows])
+    return SiteList(items=[_out(SiteRow.from_row(r)) for r in rows])
 
 
 class ReviewIn(ApiModel):
@@ -190,18 +187,18 @@ async def review_site(ctx: RequestContext, body: ReviewIn, host: Host) -> SiteOu
     before = await _existing(ctx, host.lower() + body.path_prefix)
     if before is None:
         raise NotFound(f"site {host + body.path_prefix!r} not found")
-    d = before["definition"]
+    d = before.definition
     status = SiteStatus.APPROVED if body.decision == "approve" else SiteStatus.REJECTED
     try:
         site = Site(
-            host=d["host"],
-            enterprise_id=before["enterprise_id"],
-            origin=d["origin"],
-            path_prefix=d["path_prefix"],
+            host=d.host,
+            enterprise_id=before.enterprise_id,
+            origin=d.origin,
+            path_prefix=d.path_prefix,
             status=status,
-            include=tuple(d["include"]),
-            exclude=tuple(d["exclude"]),
+            include=d.include,
+            exclude=d.exclude,
         )
     except InvalidSite as exc:  # stored before a rule it breaks: it must be PUT again
-        raise Conflict(f"site {before['key']!r} is invalid ({exc}); PUT it again") from exc
+        raise Conflict(f"site {before.key!r} is invalid ({exc}); PUT it again") from exc
     return await _save(ctx, site, body.note, before)

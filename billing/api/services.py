@@ -1,36 +1,32 @@
-"""What the business routes share: the Redis store and settings, and the scope checks."""
+"""What the business routes share: their typed app state and the scope checks.
+
+`billing.service.build_app` sets `STORE`, `SETTINGS` and `SITE_REGISTRY` on the admin
+app; handlers read them as ``ctx.app[STORE]``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from aiohttp import web
 
 from billing.api.auth import fetch_visible_enterprise
 from billing.api.context import RequestContext
 from billing.errors import NotFound
 from billing.ledger import OrderState, get_order
 from billing.operations import id_from_key
+from billing.rows import EnterpriseRow
 from billing.settings import BillingSettings
 from metering import BalanceStore
 from metering.sites import SiteRegistry
 
-
-def store(ctx: RequestContext) -> BalanceStore:
-    return ctx.state("store", BalanceStore)
-
-
-def settings(ctx: RequestContext) -> BillingSettings:
-    return ctx.state("settings", BillingSettings)
+STORE = web.AppKey("store", BalanceStore)
+SETTINGS = web.AppKey("settings", BillingSettings)
+SITE_REGISTRY = web.AppKey("site_registry", SiteRegistry)
 
 
-def registry(ctx: RequestContext) -> SiteRegistry:
-    return ctx.state("registry", SiteRegistry)
-
-
-async def visible_enterprise(ctx: RequestContext, enterprise_id: str) -> dict[str, Any]:
+async def visible_enterprise(ctx: RequestContext, enterprise_id: str) -> EnterpriseRow:
     """The enterprise, or 404 when it does not exist or lies outside the token's scope."""
     async with ctx.db.engine.connect() as conn:
-        row = await fetch_visible_enterprise(conn, ctx.principal, enterprise_id)
-    return dict(row._mapping)
+        return await fetch_visible_enterprise(conn, ctx.principal, enterprise_id)
 
 
 async def visible_order(ctx: RequestContext, order_id: str) -> OrderState:
@@ -38,7 +34,7 @@ async def visible_order(ctx: RequestContext, order_id: str) -> OrderState:
     async with ctx.db.engine.connect() as conn:
         try:
             state = await get_order(conn, order_id)
-            await fetch_visible_enterprise(conn, ctx.principal, state.order["enterprise_id"])
+            await fetch_visible_enterprise(conn, ctx.principal, state.order.enterprise_id)
         except NotFound:
             raise NotFound(f"order {order_id!r} not found") from None
     return state

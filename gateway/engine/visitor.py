@@ -206,6 +206,7 @@ class VisitorConnection(asyncio.Protocol):
         headers = request.headers
         if len(headers) >= self.limits.max_headers:
             raise BadRequest(431, "too many headers")
+        value = value.rstrip(b" \t")  # llhttp drops leading whitespace, not trailing
         headers.append((name, value))
         lower = name.lower()
         if lower in FIELDS:

@@ -11,10 +11,10 @@ the API itself as ops:
     partner p2 ── ent-b (qidian, retail)  order B: pv_1m × 1, paid; site shop-b.test
 
 Both enterprises are registered unverified and then verified with a PATCH.  Partners have no
-route, so their rows are inserted directly.  ``admin`` runs on SQLite and, when
-``PVGATE_TEST_POSTGRES_URL`` is set, PostgreSQL (a database created per test);
-``sqlite_admin`` only on SQLite; ``make_admin`` / ``make_sqlite_admin`` take other
-`BillingSettings`.
+route, so their rows are inserted directly.  ``admin`` runs on the suite's ``db``
+(tests/conftest.py): SQLite and, when ``PVGATE_TEST_POSTGRES_URL`` is set, PostgreSQL (a
+database created per test); ``sqlite_admin`` only on SQLite, ``pg_admin`` only on
+PostgreSQL; ``make_admin`` / ``make_sqlite_admin`` take other `BillingSettings`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -41,9 +40,8 @@ from billing.schema import partners
 from billing.service import build_app
 from billing.settings import BillingSettings
 from metering.connection import RedisSettings
-from metering.embedded import RedisServer, free_port
 from metering.scripts import RedisClient
-from tests.billing_api.conftest import _postgres, _sqlite
+from pvgate.embedded import RedisServer, free_port
 
 ENT_A, ENT_B = "ent-a", "ent-b"
 PARTNER_A, PARTNER_B = "p1", "p2"
@@ -308,37 +306,17 @@ async def _admin_factory(db: Database, redis_node: RedisServer) -> AsyncIterator
         await context.__aexit__(None, None, None)
 
 
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"), pytest.param("pg", id="postgresql")])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """A fresh migrated ledger: SQLite in tmp_path, or a fresh PostgreSQL database."""
-    source = _sqlite(tmp_path) if request.param == "sqlite" else _postgres()
-    db = await anext(source)
-    yield db
-    await anext(source, None)
-
-
 @pytest.fixture
-async def sqlite_ledger(tmp_path: Path) -> AsyncIterator[Database]:
-    source = _sqlite(tmp_path)
-    db = await anext(source)
-    yield db
-    await anext(source, None)
-
-
-@pytest.fixture
-async def pg_admin(redis_node: RedisServer) -> AsyncIterator[AdminServer]:
+async def pg_admin(pg_db: Database, redis_node: RedisServer) -> AsyncIterator[AdminServer]:
     """The seeded full admin app on PostgreSQL only (skips, saying why, without a server)."""
-    source = _postgres()
-    db = await anext(source)
-    async with running_admin(db, redis_node) as server:
+    async with running_admin(pg_db, redis_node) as server:
         yield server
-    await anext(source, None)
 
 
 @pytest.fixture
-async def make_admin(ledger: Database, redis_node: RedisServer) -> AsyncIterator[AdminFactory]:
+async def make_admin(db: Database, redis_node: RedisServer) -> AsyncIterator[AdminFactory]:
     """``await make_admin(BillingSettings(...))``: the seeded app on this test's ledger."""
-    async for factory in _admin_factory(ledger, redis_node):
+    async for factory in _admin_factory(db, redis_node):
         yield factory
 
 
@@ -350,10 +328,10 @@ async def admin(make_admin: AdminFactory) -> AdminServer:
 
 @pytest.fixture
 async def make_sqlite_admin(
-    sqlite_ledger: Database, redis_node: RedisServer
+    sqlite_db: Database, redis_node: RedisServer
 ) -> AsyncIterator[AdminFactory]:
     """`make_admin` on SQLite only (for what does not depend on the ledger backend)."""
-    async for factory in _admin_factory(sqlite_ledger, redis_node):
+    async for factory in _admin_factory(sqlite_db, redis_node):
         yield factory
 
 

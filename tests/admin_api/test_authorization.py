@@ -14,9 +14,7 @@ to invoice or refund…), so the cases do not depend on each other.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,20 +23,19 @@ import sqlalchemy as sa
 
 from billing.api.app import ADMIN_API
 from billing.schema import audit_log, enterprises, sites
-from metering.embedded import RedisServer
-from tests.admin.conftest import (
-    DEAD_ORIGIN,
+from pvgate.embedded import RedisServer
+from tests.admin_api.calls import PREPARE, Call, fresh, seed_of
+from tests.admin_api.conftest import (
     ENT_A,
     ENT_B,
     PARTNER_A,
     SITE_A,
     AdminServer,
     Reply,
-    Seed,
     expect,
     running_admin,
 )
-from tests.billing_api.conftest import _sqlite
+from tests.conftest import open_ledger
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -97,162 +94,6 @@ DESIGN_ROUTES = {
 }
 
 
-@dataclass(frozen=True)
-class Call:
-    method: str
-    path: str
-    json: Any = None
-    params: dict[str, str] | None = None
-    # In a 2xx answer to ops or the owner this must appear; to another tenant it must not.
-    marker: str | None = ENT_A
-    mutation: bool = False
-
-
-Prepare = Callable[[AdminServer], Awaitable[Call]]
-
-
-def _fresh(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def _seed(server: AdminServer) -> Seed:
-    assert server.seed is not None
-    return server.seed
-
-
-async def _audit(server: AdminServer) -> Call:
-    return Call("GET", "/v1/audit", params={"enterprise_id": ENT_A})
-
-
-async def _register(server: AdminServer) -> Call:
-    new = _fresh("ent-m")
-    body = {
-        "id": new,
-        "id_type": "wecom",
-        "name": "Matrix Ltd",
-        "industry": "retail",
-        "partner_id": PARTNER_A,
-    }
-    return Call("POST", "/v1/enterprises", body, marker=new, mutation=True)
-
-
-async def _get_enterprise(server: AdminServer) -> Call:
-    return Call("GET", f"/v1/enterprises/{ENT_A}")
-
-
-async def _patch_enterprise(server: AdminServer) -> Call:
-    body = {"verified": True, "reason": "matrix"}
-    return Call("PATCH", f"/v1/enterprises/{ENT_A}", body, mutation=True)
-
-
-async def _balance(server: AdminServer) -> Call:
-    return Call("GET", f"/v1/enterprises/{ENT_A}/balance", marker=_seed(server).gift_a["id"])
-
-
-async def _gift(server: AdminServer) -> Call:
-    body = {"pv": 5, "reason": "matrix"}
-    return Call("POST", f"/v1/enterprises/{ENT_A}/gifts", body, mutation=True)
-
-
-async def _adjust(server: AdminServer) -> Call:
-    body = {"bucket_id": _seed(server).gift_a["id"], "delta_pv": 1, "reason": "matrix"}
-    return Call("POST", f"/v1/enterprises/{ENT_A}/adjustments", body, mutation=True)
-
-
-async def _usage(server: AdminServer) -> Call:
-    return Call("GET", f"/v1/enterprises/{ENT_A}/usage", params={"granularity": "hour"})
-
-
-async def _quote(server: AdminServer) -> Call:
-    return Call("POST", "/v1/quotes", {"sku": "pv_1m", "quantity": 1}, marker=None)
-
-
-async def _create_order(server: AdminServer) -> Call:
-    body = {
-        "enterprise_id": ENT_A,
-        "id_type": "wecom",
-        "sku": "pv_1m",
-        "quantity": 1,
-        "agreement_accepted": True,
-    }
-    return Call("POST", "/v1/orders", body, mutation=True)
-
-
-async def _get_order(server: AdminServer) -> Call:
-    return Call("GET", f"/v1/orders/{_seed(server).order_a['id']}")
-
-
-async def _pay(server: AdminServer) -> Call:
-    order = await server.order(paid=False)
-    return Call("POST", f"/v1/orders/{order['id']}/pay", {"reference": "m"}, mutation=True)
-
-
-async def _invoice(server: AdminServer) -> Call:
-    order = await server.order()
-    body = {"number": _fresh("INV")}
-    return Call("POST", f"/v1/orders/{order['id']}/invoice", body, mutation=True)
-
-
-async def _return_invoice(server: AdminServer) -> Call:
-    order = await server.order()
-    body = {"number": _fresh("INV")}
-    await server.ok("POST", f"/v1/orders/{order['id']}/invoice", body)
-    return Call("POST", f"/v1/orders/{order['id']}/invoice/return", body, mutation=True)
-
-
-def _refund_body(order: dict[str, Any]) -> dict[str, Any]:
-    return {"order_id": order["id"], "package_ids": [p["id"] for p in order["packages"]]}
-
-
-async def _refund_quote(server: AdminServer) -> Call:
-    order = _seed(server).order_a
-    return Call("POST", "/v1/refunds/quote", _refund_body(order), marker=order["id"])
-
-
-async def _refund(server: AdminServer) -> Call:
-    return Call("POST", "/v1/refunds", _refund_body(await server.order()), mutation=True)
-
-
-async def _put_site(server: AdminServer) -> Call:
-    host = _fresh("m") + ".test"
-    body = {"enterprise_id": ENT_A, "origin": DEAD_ORIGIN}
-    return Call("PUT", f"/v1/sites/{host}", body, mutation=True)
-
-
-async def _list_sites(server: AdminServer) -> Call:
-    return Call("GET", "/v1/sites", params={"enterprise_id": ENT_A}, marker=SITE_A)
-
-
-async def _review(server: AdminServer) -> Call:
-    host = _fresh("r") + ".test"
-    await server.put_site(host)
-    body = {"decision": "approve", "note": "content checked"}
-    return Call("POST", f"/v1/sites/{host}/review", body, mutation=True)
-
-
-PREPARE: dict[tuple[str, str], Prepare] = {
-    ("GET", "/v1/audit"): _audit,
-    ("POST", "/v1/enterprises"): _register,
-    ("GET", "/v1/enterprises/{enterprise_id}"): _get_enterprise,
-    ("PATCH", "/v1/enterprises/{enterprise_id}"): _patch_enterprise,
-    ("GET", "/v1/enterprises/{enterprise_id}/balance"): _balance,
-    ("POST", "/v1/enterprises/{enterprise_id}/gifts"): _gift,
-    ("POST", "/v1/enterprises/{enterprise_id}/adjustments"): _adjust,
-    ("GET", "/v1/enterprises/{enterprise_id}/usage"): _usage,
-    ("POST", "/v1/quotes"): _quote,
-    ("POST", "/v1/orders"): _create_order,
-    ("GET", "/v1/orders/{order_id}"): _get_order,
-    ("POST", "/v1/orders/{order_id}/pay"): _pay,
-    ("POST", "/v1/orders/{order_id}/invoice"): _invoice,
-    ("POST", "/v1/orders/{order_id}/invoice/return"): _return_invoice,
-    ("POST", "/v1/refunds/quote"): _refund_quote,
-    ("POST", "/v1/refunds"): _refund,
-    ("PUT", "/v1/sites/{host}"): _put_site,
-    ("GET", "/v1/sites"): _list_sites,
-    ("POST", "/v1/sites/{host}/review"): _review,
-}
-
-
 def _expected(route: tuple[str, str], caller: str) -> int:
     if caller in ("no-token", "bad-token"):
         return 401
@@ -274,11 +115,11 @@ async def shared(
     tmp_path_factory: pytest.TempPathFactory, redis_node: RedisServer
 ) -> AsyncIterator[AdminServer]:
     """One seeded app for the whole matrix (SQLite)."""
-    source = _sqlite(tmp_path_factory.mktemp("matrix"))
-    db = await anext(source)
-    async with running_admin(db, redis_node) as server:
+    async with (
+        open_ledger("sqlite", tmp_path_factory.mktemp("matrix")) as db,
+        running_admin(db, redis_node) as server,
+    ):
         yield server
-    await anext(source, None)
 
 
 def _token(server: AdminServer, caller: str) -> str | None:
@@ -352,7 +193,7 @@ async def test_every_design_route_is_served_but_alerts_and_interop(shared: Admin
 
 async def test_other_tenant_is_indistinguishable_from_missing(shared: AdminServer):
     token = shared.tokens.merchant_b
-    order_a = _seed(shared).order_a["id"]
+    order_a = seed_of(shared).order_a["id"]
     for real, missing in (
         (f"/v1/enterprises/{ENT_A}", "/v1/enterprises/ent-nope"),
         (f"/v1/enterprises/{ENT_A}/balance", "/v1/enterprises/ent-nope/balance"),
@@ -368,7 +209,7 @@ async def test_other_tenant_is_indistinguishable_from_missing(shared: AdminServe
 
 
 async def test_a_partner_registers_only_unverified_enterprises_of_its_own(shared: AdminServer):
-    new = _fresh("ent-p")
+    new = fresh("ent-p")
     body = {"id": new, "id_type": "qidian", "name": "P Ltd", "industry": "retail"}
     created = expect(
         await shared.api.call(

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import pytest
 
 from billing.schema import sites
-from tests.admin.conftest import DEAD_ORIGIN, ENT_A, SITE_A, AdminServer, Reply, expect
+from tests.admin_api.conftest import DEAD_ORIGIN, ENT_A, SITE_A, AdminServer, Reply, expect
 
 USAGE = f"/v1/enterprises/{ENT_A}/usage"
 GIFTS = f"/v1/enterprises/{ENT_A}/gifts"

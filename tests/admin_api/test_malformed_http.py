@@ -23,8 +23,8 @@ from billing.db import Database
 from billing.service import start_billing
 from billing.settings import BillingSettings
 from metering.connection import RedisSettings
-from metering.embedded import RedisServer, free_port
-from tests.admin.conftest import ENT_A, AdminServer, expect
+from pvgate.embedded import RedisServer, free_port
+from tests.admin_api.conftest import ENT_A, AdminServer, expect
 from tests.conftest import single_client
 
 PAD = b"a" * 10_240
@@ -128,18 +128,18 @@ async def test_a_body_that_does_not_decode_is_a_400_not_a_500(
 
 
 async def test_pvgate_billing_serves_through_the_admin_runner(
-    sqlite_ledger: Database, redis_node: RedisServer
+    sqlite_db: Database, redis_node: RedisServer
 ):
     """`start_billing` — what ``pvgate billing`` runs — answers parser refusals in JSON too."""
     port = free_port()
     settings = BillingSettings(
         listen=f"127.0.0.1:{port}",
         metrics_listen=f"127.0.0.1:{free_port()}",
-        database_url=sqlite_ledger.url,
+        database_url=sqlite_db.url,
         redis=RedisSettings(url=redis_node.url),
     )
     client = single_client(redis_node)
-    runners = await start_billing(settings, sqlite_ledger, client)
+    runners = await start_billing(settings, sqlite_db, client)
     try:
         assert isinstance(runners[0], AdminRunner)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

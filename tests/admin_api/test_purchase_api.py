@@ -1,8 +1,8 @@
 """The purchase flow over HTTP (docs/rules.md §2, §5, §6, §7) against the full admin app.
 
-Orders and their refusals, payment (idempotent, one set of buckets), quotes (vector P1),
-refunds (vector R1, idempotency, invoices, window, flags), sites and their review, and the
-audit trail of every mutation.  Each test runs on SQLite and, when
+Orders and their refusals, payment (idempotent, one set of buckets), refunds (vector R1,
+idempotency, invoices, window, flags), and the audit trail of every mutation (quotes:
+test_quotes_api.py; sites and their review: test_sites_api.py).  Each test runs on SQLite and, when
 ``PVGATE_TEST_POSTGRES_URL`` is set, on PostgreSQL.
 """
 
@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from aiohttp import web
 
+from billing.api.services import STORE
 from billing.schema import orders, payments
-from billing.service import REDIS
-from billing.settings import BillingSettings, ReviewSection
-from metering.embedded import free_port
-from metering.sites import SiteRegistry, SiteStatus
-from tests.admin.conftest import (
+from tests.admin_api.conftest import (
     ENT_A,
     GIFT_PV,
-    AdminFactory,
     AdminServer,
     expect,
 )
@@ -162,57 +157,6 @@ async def test_a_replayed_payment_answers_the_same_bytes(admin: AdminServer):
     expect(other, 409, "idempotency_key_reused")
 
 
-# Quotes (vector P1) -------------------------------------------------------------------------
-
-P1_PACKAGES = [("pv_1m", 1, 3_000_000, 1_000_000), ("pv_3m", 2, 18_000_000, 6_000_000)]
-P1_GRADUATED = [(1, 5_000), (5, 25_000), (6, 29_000), (200, 805_000), (10_000, 11_705_000)]
-P1_VOLUME = [(5, 25_000), (6, 24_000), (200, 800_000), (201, 603_000), (10_000, 10_000_000)]
-
-
-async def test_quotes_match_vector_p1(sqlite_admin: AdminServer):
-    for token in (sqlite_admin.tokens.ops, sqlite_admin.tokens.merchant_a):
-        for sku, quantity, fen, pv in P1_PACKAGES:
-            body = {"kind": "pv", "sku": sku, "quantity": quantity}
-            quote = expect(await sqlite_admin.api.call("POST", "/v1/quotes", token, body), 200)
-            assert (quote["total_fen"], quote["total_pv"]) == (fen, pv), (sku, quantity, quote)
-            assert sum(line["amount_fen"] for line in quote["lines"]) == fen
-        for accounts, fen in P1_GRADUATED:
-            body = {"kind": "interop", "quantity": accounts}
-            quote = expect(await sqlite_admin.api.call("POST", "/v1/quotes", token, body), 200)
-            assert (quote["mode"], quote["total_fen"]) == ("graduated", fen), (accounts, quote)
-            assert sum(line["quantity"] for line in quote["lines"]) == accounts
-    refused = await sqlite_admin.ops("POST", "/v1/quotes", {"kind": "interop", "quantity": 10_001})
-    expect(refused, 422, "interop_quantity_exceeds_self_service")
-    assert "10001" in refused.body["error"]["message"].replace(",", "")
-
-
-async def test_volume_pricing_quotes_match_vector_p1(make_sqlite_admin: AdminFactory):
-    server = await make_sqlite_admin(BillingSettings(interop_pricing="volume"))
-    for accounts, fen in P1_VOLUME:
-        body = {"kind": "interop", "quantity": accounts}
-        quote = expect(await server.ops("POST", "/v1/quotes", body), 200)
-        assert (quote["mode"], quote["total_fen"]) == ("volume", fen), (accounts, quote)
-    refused = await server.ops("POST", "/v1/quotes", {"kind": "interop", "quantity": 10_001})
-    expect(refused, 422, "interop_quantity_exceeds_self_service")
-
-
-BAD_QUOTES = [
-    {"kind": "pv", "sku": "pv_9m", "quantity": 1},
-    {"kind": "pv", "quantity": 1},
-    {"kind": "pv", "sku": "pv_1m", "quantity": 0},
-    {"kind": "interop", "quantity": 0},
-    {"kind": "interop", "quantity": 5, "years": 0},
-    {"kind": "coupons", "quantity": 1},
-    {"kind": "pv", "sku": "pv_1m", "quantity": 1, "voucher": "V"},
-]
-
-
-async def test_bad_quotes_are_invalid_requests(sqlite_admin: AdminServer):
-    for body in BAD_QUOTES:
-        reply = await sqlite_admin.ops("POST", "/v1/quotes", body)
-        assert (reply.status, reply.code) == (400, "invalid_request"), (body, str(reply))
-
-
 # Refunds --------------------------------------------------------------------------------------
 
 
@@ -222,7 +166,7 @@ async def r1_order(server: AdminServer, enterprise_id: str = "ent-r1") -> dict[s
     order = await server.order(enterprise_id, quantity=3)
     gift = {"pv": 10_000, "reason": "launch", "order_id": order["id"]}
     expect(await server.ops("POST", f"/v1/enterprises/{enterprise_id}/gifts", gift), 201)
-    debit = await server.app[REDIS].debit(enterprise_id, 1_500_000)
+    debit = await server.app[STORE].debit(enterprise_id, 1_500_000)
     assert debit.granted == 1_500_000
     read: dict[str, Any] = expect(await server.ops("GET", f"/v1/orders/{order['id']}"), 200)
     return read
@@ -331,122 +275,48 @@ async def test_refund_refusals(admin: AdminServer):
     assert [b["status"] for b in (await admin.balance(ENT_A))["buckets"]].count("refunded") == 0
 
 
-# Sites and review -----------------------------------------------------------------------------
-
-DENY_WORDS = ("casino", "赌博")
-PAGES = {
-    "/clean/": "<html><body><h1>春季新品</h1><p>Spring collection</p></body></html>",
-    "/latin/": "<html><body>Play at our Online CASINO tonight</body></html>",
-    "/chinese/": "<html><body><p>线上赌博，注册即送</p></body></html>",
-}
-
-
-@pytest.fixture
-async def origin() -> AsyncIterator[str]:
-    """A loopback origin serving `PAGES` (UTF-8 HTML)."""
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=PAGES.get(request.path, "<html></html>"), content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", page)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
-
-
-async def test_the_automatic_reviewer_rejects_denied_words(make_admin: AdminFactory, origin: str):
-    server = await make_admin(BillingSettings(review=ReviewSection(deny_words=DENY_WORDS)))
-    registry = SiteRegistry(server.redis)
-    token = server.tokens.merchant_a
-    expected = {
-        "clean": ("pending", "awaiting ops"),
-        "latin": ("rejected", "casino"),
-        "chinese": ("rejected", "赌博"),
-    }
-    for name, (status, note) in expected.items():
-        host = f"{name}.ent-a.test"
-        body = {"enterprise_id": ENT_A, "origin": f"{origin}/{name}/"}
-        site = expect(await server.api.call("PUT", f"/v1/sites/{host}", token, body), 200)
-        assert (site["status"], note in site["review_note"]) == (status, True), site
-        stored = await registry.get(host)
-        assert stored is not None
-        assert stored.status == SiteStatus(status)
-
-
-async def test_a_restricted_industry_site_is_rejected(admin: AdminServer):
-    await admin.register("ent-clinic", industry="medical")
-    site = await admin.put_site("clinic.test", "ent-clinic")
-    assert site["status"] == "rejected"
-    assert "restricted industry" in site["review_note"]
-    stored = await SiteRegistry(admin.redis).get("clinic.test")
-    assert stored is not None
-    assert stored.status is SiteStatus.REJECTED
-
-
-async def test_only_ops_approve_and_only_approved_sites_are_live(admin: AdminServer):
-    registry = SiteRegistry(admin.redis)
-    host = "promo.ent-a.test"
-    body = {"enterprise_id": ENT_A, "origin": "http://127.0.0.1:9/promo", "exclude": ["/api/*"]}
-    put = await admin.api.call("PUT", f"/v1/sites/{host}", admin.tokens.merchant_a, body)
-    assert expect(put, 200)["status"] == "pending"
-    pending = await registry.get(host)
-    assert pending is None or pending.status is SiteStatus.PENDING
-    decision = {"decision": "approve", "note": "content checked"}
-    for token in (admin.tokens.merchant_a, admin.tokens.partner_a):
-        refused = await admin.api.call("POST", f"/v1/sites/{host}/review", token, decision)
-        expect(refused, 403, "forbidden")
-    assert (await registry.get(host)) in (None, pending)
-
-    approved = expect(await admin.ops("POST", f"/v1/sites/{host}/review", decision), 200)
-    assert (approved["status"], approved["review_note"]) == ("approved", "content checked")
-    live = await registry.get(host)
-    assert live is not None
-    assert (live.status, live.enterprise_id, live.origin, live.exclude) == (
-        SiteStatus.APPROVED,
-        ENT_A,
-        "http://127.0.0.1:9/promo",
-        ("/api/*",),
-    )
-    listed = expect(await admin.ops("GET", "/v1/sites", params={"status": "approved"}), 200)
-    assert [s["key"] for s in listed["items"]] == [host]
-
-    # A changed site goes back to review, and the gateways stop serving it meanwhile.
-    body["origin"] = "http://127.0.0.1:9/promo-v2"
-    put = await admin.api.call("PUT", f"/v1/sites/{host}", admin.tokens.merchant_a, body)
-    assert expect(put, 200)["status"] == "pending"
-    changed = await registry.get(host)
-    assert changed is not None
-    assert changed.status is SiteStatus.PENDING
-
-    missing = await admin.ops("POST", "/v1/sites/nope.test/review", decision)
-    expect(missing, 404, "not_found")
-
-
 # Audit ----------------------------------------------------------------------------------------
+
+
+def audited_by_request(
+    rows: list[dict[str, Any]], done: list[tuple[str, str, str]], started: datetime
+) -> dict[str, dict[str, Any]]:
+    """The audit rows by request id, each request of ``done`` (id, action, token) in them."""
+    by_request = {r["request_id"]: r for r in rows}
+    for request_id, action, token_id in done:
+        row = by_request.get(request_id)
+        assert row is not None, f"no audit row for {action} ({request_id})"
+        assert row["action"] == action, row
+        assert row["actor"].startswith(f"{token_id}:"), row
+        assert datetime.fromisoformat(row["at"]) >= started - timedelta(seconds=1)
+    return by_request
+
+
+@dataclass
+class Mutations:
+    """Mutations made through the API, each tagged with its own ``X-Request-Id``."""
+
+    admin: AdminServer
+    done: list[tuple[str, str, str]] = field(default_factory=list)  # request id, action, token
+
+    async def __call__(
+        self, action: str, who: str, method: str, path: str, body: Any, status: int
+    ) -> dict[str, Any]:
+        request_id = f"audit-{len(self.done)}-{uuid.uuid4().hex[:8]}"
+        token = getattr(self.admin.tokens, who)
+        reply = await self.admin.api.call(
+            method, path, token, body, headers={"X-Request-Id": request_id}
+        )
+        assert reply.headers["X-Request-Id"] == request_id
+        result: dict[str, Any] = expect(reply, status)
+        self.done.append((request_id, action, self.admin.tokens.ids[who]))
+        return result
 
 
 async def test_every_mutation_leaves_an_audit_row(admin: AdminServer):
     """Each mutation, tagged with its own X-Request-Id, is found in the audit log."""
-    tokens = admin.tokens
-    done: list[tuple[str, str, str]] = []  # (request id, action, token id)
+    mutate = Mutations(admin)
     started = datetime.now(UTC)
-
-    async def mutate(
-        action: str, who: str, method: str, path: str, body: Any, status: int
-    ) -> dict[str, Any]:
-        request_id = f"audit-{len(done)}-{uuid.uuid4().hex[:8]}"
-        reply = await admin.api.call(
-            method, path, getattr(tokens, who), body, headers={"X-Request-Id": request_id}
-        )
-        assert reply.headers["X-Request-Id"] == request_id
-        result: dict[str, Any] = expect(reply, status)
-        done.append((request_id, action, tokens.ids[who]))
-        return result
-
     ent = "ent-audited"
     new = {"id": ent, "id_type": "wecom", "name": "Audited Ltd", "industry": "retail"}
     await mutate("enterprise.register", "partner_a", "POST", "/v1/enterprises", new, 201)
@@ -471,14 +341,8 @@ async def test_every_mutation_leaves_an_audit_row(admin: AdminServer):
 
     rows = await admin.audit(ent)
     assert {r["enterprise_id"] for r in rows} == {ent}
-    by_request = {r["request_id"]: r for r in rows}
-    for request_id, action, token_id in done:
-        row = by_request.get(request_id)
-        assert row is not None, f"no audit row for {action} ({request_id})"
-        assert row["action"] == action, row
-        assert row["actor"].startswith(f"{token_id}:"), row
-        assert datetime.fromisoformat(row["at"]) >= started - timedelta(seconds=1)
-    update = by_request[done[1][0]]
+    by_request = audited_by_request(rows, mutate.done, started)
+    update = by_request[mutate.done[1][0]]
     assert (update["before"]["verified"], update["after"]["verified"]) == (False, True)
     assert update["reason"] == "documents checked"
     # A refused mutation writes nothing.
@@ -497,5 +361,5 @@ async def test_suspension_blocks_the_balance_until_lifted(admin: AdminServer):
         balance = await admin.balance(ENT_A)
         assert (balance["suspended"], balance["blocked_reason"]) == (suspended, reason), balance
         assert balance["available"] == 1_000_000 + GIFT_PV
-        debit = await admin.app[REDIS].debit(ENT_A, 1)
+        debit = await admin.app[STORE].debit(ENT_A, 1)
         assert debit.granted == (0 if suspended else 1), debit

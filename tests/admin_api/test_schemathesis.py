@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.admin.conftest import ENT_A, SITE_A, AdminServer, expect
+from tests.admin_api.conftest import ENT_A, SITE_A, AdminServer, expect
 
 AnyCase = Case[APIOperation[Any, Any, Any, Any]]
 MAX_EXAMPLES = 25

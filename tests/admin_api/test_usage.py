@@ -21,7 +21,7 @@ from billing.reconcile import reconcile
 from billing.schema import reconciliations
 from metering import BalanceStore
 from metering.usage import UsageRecorder
-from tests.admin.conftest import ENT_A, GIFT_PV, AdminServer, expect
+from tests.admin_api.conftest import ENT_A, GIFT_PV, AdminServer, expect
 
 USAGE = f"/v1/enterprises/{ENT_A}/usage"
 

@@ -1,76 +1,40 @@
-"""Fixtures of the admin API tests: a migrated ledger per test, tokens, a real HTTP server.
+"""Fixtures of the API framework tests: a seeded ledger, tokens, the demo API on a server.
 
-``ledger`` is parametrized over SQLite (a file per test) and PostgreSQL (a database created
-per test on the server named by ``PVGATE_TEST_POSTGRES_URL``, dropped afterwards); the
-PostgreSQL case skips, saying why, when that variable is unset or the server does not answer.
-``sqlite_ledger`` is for tests whose subject does not depend on the backend.
+``ledger`` is the suite's ``db`` (tests/conftest.py: SQLite, and PostgreSQL when
+``PVGATE_TEST_POSTGRES_URL`` is set) seeded with `seed`; ``sqlite_ledger`` the same on
+SQLite only, for tests whose subject does not depend on the backend.  ``make_client``
+serves `tests.api_framework.demo` through `create_admin_app` on a loopback port.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from aiohttp import test_utils
 
 from billing.api.app import create_admin_app
 from billing.api.auth import create_token
-from billing.db import Database, scratch_database
+from billing.db import Database
 from billing.schema import enterprises, partners
-from tests.billing_api import demo
-
-POSTGRES_ENV = "PVGATE_TEST_POSTGRES_URL"
-
-
-async def _sqlite(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(f"sqlite:///{tmp_path}/l.db")
-    await db.migrate()
-    yield db
-    await db.dispose()
-
-
-async def _postgres() -> AsyncIterator[Database]:
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        pytest.skip(
-            f"PostgreSQL case: set {POSTGRES_ENV} (e.g. postgresql://postgres@127.0.0.1/test)"
-        )
-    scratch = scratch_database(url, "pvgate_api")
-    try:
-        db = await scratch.__aenter__()
-    except (OSError, TimeoutError, sa.exc.DBAPIError) as exc:
-        pytest.skip(f"PostgreSQL case: no server answers at {POSTGRES_ENV}: {exc!r}")
-    try:
-        await db.migrate()
-        yield db
-    finally:
-        await scratch.__aexit__(None, None, None)
-
-
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"), pytest.param("pg", id="postgresql")])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """A fresh, migrated, seeded ledger on each backend."""
-    source = _sqlite(tmp_path) if request.param == "sqlite" else _postgres()
-    db = await anext(source)
-    await seed(db)
-    yield db
-    await anext(source, None)
+from tests.api_framework import demo
 
 
 @pytest.fixture
-async def sqlite_ledger(tmp_path: Path) -> AsyncIterator[Database]:
-    source = _sqlite(tmp_path)
-    db = await anext(source)
+async def ledger(db: Database) -> Database:
+    """A fresh, migrated, seeded ledger on each backend."""
     await seed(db)
-    yield db
-    await anext(source, None)
+    return db
+
+
+@pytest.fixture
+async def sqlite_ledger(sqlite_db: Database) -> Database:
+    await seed(sqlite_db)
+    return sqlite_db
 
 
 async def seed(db: Database) -> None:
@@ -139,13 +103,21 @@ ClientFactory = Callable[..., Awaitable[Client]]
 
 @pytest.fixture
 async def make_client() -> AsyncIterator[ClientFactory]:
-    """``await make_client(db, **create_admin_app_kwargs)``: the demo API on a real server."""
+    """``await make_client(db, calls=…, gate=…, **create_admin_app_kwargs)``: the demo API
+    on a real server, counting its calls in ``calls`` (a Counter) and holding ``/v1/slow``
+    at ``gate``."""
     clients: list[Client] = []
 
-    async def make(db: Database, **kwargs: Any) -> Client:
-        kwargs.setdefault("calls", Counter())
-        kwargs.setdefault("gate", demo.Gate())
+    async def make(
+        db: Database,
+        *,
+        calls: Counter[str] | None = None,
+        gate: demo.Gate | None = None,
+        **kwargs: Any,
+    ) -> Client:
         app = create_admin_app(db, demo.api, **kwargs)
+        app[demo.CALLS] = Counter() if calls is None else calls
+        app[demo.GATE] = demo.Gate() if gate is None else gate
         client: Client = test_utils.TestClient(test_utils.TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

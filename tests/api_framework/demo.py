@@ -1,7 +1,7 @@
 """Demo routes declared with the framework, as business modules will declare theirs.
 
-Each handler counts its calls in ``ctx.state("calls", Counter)``, so a test can tell a
-replayed response from a re-run.
+Each handler counts its calls in ``ctx.app[CALLS]``, so a test can tell a replayed
+response from a re-run; ``/v1/slow`` waits at ``ctx.app[GATE]``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from aiohttp import web
 from pydantic import Field, StrictInt
 
 from billing.api.auth import fetch_visible_enterprise
@@ -29,6 +30,10 @@ class Gate:
 
     entered: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+CALLS = web.AppKey("demo_calls", Counter[str])
+GATE = web.AppKey("demo_gate", Gate)
 
 
 class Color(enum.StrEnum):
@@ -83,7 +88,7 @@ class Ok(ApiModel):
 
 
 def _count(ctx: RequestContext, name: str) -> int:
-    calls = ctx.state("calls", Counter)
+    calls = ctx.app[CALLS]
     calls[name] += 1
     return calls[name]
 
@@ -175,7 +180,7 @@ async def flaky(ctx: RequestContext, body: EchoIn) -> Ok:
 )
 async def slow(ctx: RequestContext, body: EchoIn) -> EchoOut:
     _count(ctx, "slow")
-    gate = ctx.state("gate", Gate)
+    gate = ctx.app[GATE]
     gate.entered.set()
     await gate.release.wait()
     return EchoOut(name=body.name, count=body.count, tags=body.tags, role=ctx.principal.role)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from billing.db import Database
 from billing.schema import audit_log, enterprises
-from tests.billing_api.conftest import Tokens
+from tests.api_framework.conftest import Tokens
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 

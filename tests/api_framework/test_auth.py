@@ -25,7 +25,7 @@ from billing.api.errors import Forbidden
 from billing.db import Database
 from billing.errors import NotFound
 from billing.schema import api_tokens
-from tests.billing_api.conftest import ClientFactory, Tokens
+from tests.api_framework.conftest import ClientFactory, Tokens
 
 OPS = Principal(token_id="tok_o", kind="ops", subject_id=None)
 PARTNER = Principal(token_id="tok_p", kind="partner", subject_id="p1")

@@ -13,9 +13,9 @@ from billing.api import audit_routes
 from billing.api.fields import loose_fields
 from billing.api.framework import Api, ApiModel, Id, ParamBool, ParamInt, Text
 from billing.db import Database
-from tests.billing_api import demo
-from tests.billing_api.conftest import ClientFactory, Tokens
-from tests.billing_api.demo import EchoIn, EchoOut
+from tests.api_framework import demo
+from tests.api_framework.conftest import ClientFactory, Tokens
+from tests.api_framework.demo import EchoIn, EchoOut
 
 
 @pytest.fixture

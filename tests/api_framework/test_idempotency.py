@@ -12,8 +12,8 @@ from billing.api.errors import IdempotencyKeyInProgress, IdempotencyKeyReused
 from billing.api.idempotency import IdempotencyStore, StoredResponse, request_hash
 from billing.db import Database
 from billing.schema import idempotency_records
-from tests.billing_api.conftest import Tokens
-from tests.billing_api.demo import Gate
+from tests.api_framework.conftest import Tokens
+from tests.api_framework.demo import Gate
 
 ECHO = {"name": "a", "count": 1}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,9 +15,17 @@ from billing.audit import Auditor
 from billing.db import Database
 from billing.errors import BillingError
 from billing.ledger import OrderState
-from billing.operations import OrderRequest, create_order, pay_order, register_enterprise
+from billing.operations import (
+    NewEnterprise,
+    OrderRequest,
+    create_order,
+    pay_order,
+    register_enterprise,
+)
+from billing.refunding import RefundResult, execute
+from billing.rows import EnterpriseRow
 from metering import BalanceStore
-from metering.embedded import free_port
+from pvgate.embedded import free_port
 
 TZ = "Asia/Shanghai"
 ENT = "ent1"
@@ -34,18 +43,17 @@ async def enterprise(
     id_type: str = "wecom",
     industry: str = "retail",
     verified: bool = True,
-) -> dict[str, Any]:
+) -> EnterpriseRow:
     return await register_enterprise(
         db,
         audit,
-        {
-            "id": enterprise_id,
-            "id_type": id_type,
-            "name": f"{enterprise_id} Ltd",
-            "industry": industry,
-            "verified": verified,
-            "partner_id": None,
-        },
+        NewEnterprise(
+            id=enterprise_id,
+            id_type=id_type,
+            name=f"{enterprise_id} Ltd",
+            industry=industry,
+            verified=verified,
+        ),
     )
 
 
@@ -77,8 +85,8 @@ async def paid_order(
         db,
         store,
         audit,
-        order.order["id"],
-        reference=f"pay-{order.order['id']}",
+        order.order.id,
+        reference=f"pay-{order.order.id}",
         paid_at=paid_at or now() - timedelta(days=1),
         tz=TZ,
     )
@@ -122,10 +130,6 @@ class Killed(BaseException):
     """Raised by crash injections: like a kill, no ``except Exception`` stops it."""
 
 
-# The warning filter for `Result.tuples()`, deprecated in SQLAlchemy 2.1 and still called by
-# billing.consumer.record_entries and billing.reconcile.ledger_used (a reported bug).
-
-
 async def stream_entries(redis: Redis, name: str) -> list[tuple[str, dict[str, str]]]:
     """XRANGE of a whole stream, typed as a ``decode_responses`` client answers."""
     found: Any = await redis.xrange(name)
@@ -143,3 +147,36 @@ async def code_of(call: Awaitable[Any]) -> str:
     with pytest.raises(BillingError) as info:
         await call
     return info.value.code
+
+
+# Refunds ---------------------------------------------------------------------------------
+
+LINE_FIELDS = ("package_id", "paid_cash_fen", "used_before", "recharged_pv", "used_after")
+
+
+def booked_lines(result: RefundResult) -> list[tuple[Any, ...]]:
+    """A refund's lines as tuples: `LINE_FIELDS`, then ``refund_fen``."""
+    return [(*(getattr(line, f) for f in LINE_FIELDS), line.refund_fen) for line in result.lines]
+
+
+async def debit_counted(store: BalanceStore, pv: int, chunk: int = 250_000) -> Counter[str]:
+    """Debit ``pv`` PV of `ENT` through the metering script; what each bucket gave."""
+    takes: Counter[str] = Counter()
+    while pv:
+        debit = await store.debit(ENT, min(chunk, pv))
+        assert debit.granted == min(chunk, pv), debit
+        takes.update(dict(debit.takes))
+        pv -= debit.granted
+    return takes
+
+
+def refund(
+    db: Database,
+    store: BalanceStore,
+    audit: Auditor,
+    state: OrderState,
+    ids: list[str],
+    key: str = "refund-1",
+) -> Awaitable[RefundResult]:
+    """`billing.refunding.execute` of the order's packages ``ids`` now, as ops1."""
+    return execute(db, store, audit, state.order.id, ids, key=key, actor="ops1", now=now(), tz=TZ)

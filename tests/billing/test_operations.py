@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,8 +16,10 @@ from billing.operations import (
     create_order,
     grant_gift,
     invoice_event,
+    register_enterprise,
     update_enterprise,
 )
+from billing.rows import AdjustmentRow, GiftRow
 from billing.rules.refunds import InvoiceState
 from billing.schema import adjustments, audit_log, enterprises, gifts, invoice_events
 from metering import BalanceStore, BucketKind, BucketStatus
@@ -49,21 +52,21 @@ async def test_a_gift_tied_to_an_order_is_used_before_packages(
     state = await paid_order(db, store, audit)
     before = now()
     gift = await grant_gift(
-        db, store, audit, ENT, pv=100, reason="launch promo", order_id=state.order["id"],
+        db, store, audit, ENT, pv=100, reason="launch promo", order_id=state.order.id,
         expires_at=None, tz=TZ,
     )  # fmt: skip
     [row] = await rows(db, gifts)
-    assert row["order_id"] == state.order["id"]
+    assert row["order_id"] == state.order.id
     assert row["granted_pv"] == 100
     # The default expiry: one calendar year on the Shanghai wall clock.
     assert row["expires_at"] - row["granted_at"] in (timedelta(days=365), timedelta(days=366))
     assert row["granted_at"] >= before - timedelta(seconds=1)
-    bucket = next(b for b in (await store.snapshot(ENT)).buckets if b.id == gift["id"])
+    bucket = next(b for b in (await store.snapshot(ENT)).buckets if b.id == gift.id)
     assert bucket.kind is BucketKind.GIFT
-    assert (bucket.granted, bucket.order_id) == (100, state.order["id"])
+    assert (bucket.granted, bucket.order_id) == (100, state.order.id)
     assert bucket.expires_at == to_ms(row["expires_at"])
     debit = await store.debit(ENT, 150)
-    assert debit.takes == ((gift["id"], 100), (state.packages[0]["id"], 50))
+    assert debit.takes == ((gift.id, 100), (state.packages[0].id, 50))
     audit_row = (await rows(db, audit_log, action="gift.grant"))[0]
     assert (audit_row["reason"], audit_row["enterprise_id"]) == ("launch promo", ENT)
 
@@ -73,7 +76,7 @@ async def test_gift_refusals(db: Database, store: BalanceStore, audit: SystemAud
     await enterprise(db, audit, "ent2")
     other = await paid_order(db, store, audit, "ent2")
 
-    def grant(**kw: Any) -> Any:
+    def grant(**kw: Any) -> Awaitable[GiftRow]:
         args: dict[str, Any] = {
             "pv": 10, "reason": "r", "order_id": None, "expires_at": None, "tz": TZ, **kw
         }  # fmt: skip
@@ -82,7 +85,7 @@ async def test_gift_refusals(db: Database, store: BalanceStore, audit: SystemAud
 
     assert await code_of(grant(pv=0)) == "invalid_request"
     assert await code_of(grant(expires_at=now() - timedelta(seconds=1))) == "invalid_request"
-    assert await code_of(grant(order_id=other.order["id"])) == "not_found"
+    assert await code_of(grant(order_id=other.order.id)) == "not_found"
     assert await code_of(grant(order_id="ord_nope")) == "not_found"
     assert await code_of(grant(enterprise_id="nobody")) == "not_found"
     assert await count(db, gifts) == 0
@@ -97,7 +100,7 @@ async def test_an_adjustment_needs_a_reason(
     db: Database, store: BalanceStore, audit: SystemAuditor
 ):
     await enterprise(db, audit)
-    bucket_id = (await paid_order(db, store, audit)).packages[0]["id"]
+    bucket_id = (await paid_order(db, store, audit)).packages[0].id
     for reason in ("", "   "):
         error_code = await code_of(
             adjust_bucket(
@@ -115,18 +118,18 @@ async def test_adjustments_change_granted_but_never_below_used(
 ):
     await enterprise(db, audit)
     await enterprise(db, audit, "ent2")
-    bucket_id = (await paid_order(db, store, audit)).packages[0]["id"]
-    foreign = (await paid_order(db, store, audit, "ent2")).packages[0]["id"]
+    bucket_id = (await paid_order(db, store, audit)).packages[0].id
+    foreign = (await paid_order(db, store, audit, "ent2")).packages[0].id
     await store.debit(ENT, 600)
 
-    def adjust(delta: int, bucket: str = bucket_id) -> Any:
+    def adjust(delta: int, bucket: str = bucket_id) -> Awaitable[AdjustmentRow]:
         return adjust_bucket(
             db, store, audit, ENT, bucket_id=bucket, delta_pv=delta, reason="ticket 42",
             actor="ops1",
         )  # fmt: skip
 
     row = await adjust(500)
-    assert (row["delta_pv"], row["actor"], row["reason"]) == (500, "ops1", "ticket 42")
+    assert (row.delta_pv, row.actor, row.reason) == (500, "ops1", "ticket 42")
     assert (await store.snapshot(ENT)).buckets[0].granted == 1_000_500
     assert await code_of(adjust(-(1_000_500 - 599))) == "invalid_request"
     assert await code_of(adjust(0)) == "invalid_request"
@@ -151,29 +154,29 @@ async def test_a_crash_after_the_redis_adjustment_is_completed_once_by_the_retry
 ):
     """Redis applies an adjustment once per id; the retry (same id, as the API derives it
     from the idempotency key) books it in the ledger without applying it again."""
-    import billing.operations
+    import billing.operations.gifts
 
     await enterprise(db, audit)
-    bucket_id = (await paid_order(db, store, audit)).packages[0]["id"]
-    real = billing.operations._adjust_in_redis
+    bucket_id = (await paid_order(db, store, audit)).packages[0].id
+    real = billing.operations.gifts._adjust_in_redis
 
     async def dies_after_redis(*args: Any) -> tuple[int, int]:
         await real(*args)
         raise Killed("after Redis answered")
 
-    monkeypatch.setattr(billing.operations, "_adjust_in_redis", dies_after_redis)
+    monkeypatch.setattr(billing.operations.gifts, "_adjust_in_redis", dies_after_redis)
     with pytest.raises(Killed):
         await adjust_bucket(
             db, store, audit, ENT, bucket_id=bucket_id, delta_pv=500, reason="ticket",
             actor="ops1", adjustment_id="adj_retry",
         )  # fmt: skip
     assert await rows(db, adjustments) == []
-    monkeypatch.setattr(billing.operations, "_adjust_in_redis", real)
+    monkeypatch.setattr(billing.operations.gifts, "_adjust_in_redis", real)
     row = await adjust_bucket(
         db, store, audit, ENT, bucket_id=bucket_id, delta_pv=500, reason="ticket",
         actor="ops1", adjustment_id="adj_retry",
     )  # fmt: skip
-    assert row["delta_pv"] == 500
+    assert row.delta_pv == 500
     booked = sum(r["delta_pv"] for r in await rows(db, adjustments))
     assert booked == 500
     assert (await store.snapshot(ENT)).buckets[0].granted == 1_000_000 + booked
@@ -187,10 +190,8 @@ async def test_invoices_need_payment_and_alternate_issue_and_return(
 ):
     await enterprise(db, audit)
     pending = await create_order(db, audit, order_request())
-    assert await code_of(invoice_event(db, audit, pending.order["id"], "issued", "F1")) == (
-        "conflict"
-    )
-    order_id = (await paid_order(db, store, audit)).order["id"]
+    assert await code_of(invoice_event(db, audit, pending.order.id, "issued", "F1")) == ("conflict")
+    order_id = (await paid_order(db, store, audit)).order.id
     assert await code_of(invoice_event(db, audit, order_id, "returned", "F1")) == "conflict"
     state = await invoice_event(db, audit, order_id, "issued", "F1")
     assert state.invoice is InvoiceState.ISSUED
@@ -209,7 +210,7 @@ async def test_invoices_need_payment_and_alternate_issue_and_return(
         "invoice.returned",
         "invoice.issued",
     ]
-    assert await count(db, invoice_events, order_id=pending.order["id"]) == 0
+    assert await count(db, invoice_events, order_id=pending.order.id) == 0
 
 
 # Enterprises ------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ async def test_suspending_an_enterprise_stops_its_debits(
     await paid_order(db, store, audit)
     assert (await store.debit(ENT)).granted == 1
     after = await update_enterprise(db, store, audit, ENT, {"suspended": True}, "unpaid dispute")
-    assert after["suspended"] is True
+    assert after.suspended is True
     debit = await store.debit(ENT, 3)
     assert (debit.granted, debit.reason) == (0, Refusal.SUSPENDED)
     snapshot = await store.snapshot(ENT)
@@ -253,6 +254,27 @@ async def test_flags_are_ledger_only_and_unknown_enterprises_not_found(
     assert not (await store.snapshot("nobody")).suspended
 
 
+async def test_registration_takes_a_mapping_too_and_flags_are_checked_by_name(
+    db: Database, store: BalanceStore, audit: SystemAuditor
+):
+    """`pvgate demo` registers its enterprise from a dict; a misspelt flag is refused."""
+    fields = {"id": ENT, "id_type": "qidian", "name": "Demo", "industry": "retail"}
+    registered = await register_enterprise(db, audit, fields)
+    assert (registered.id_type, registered.verified, registered.partner_id) == (
+        "qidian",
+        False,
+        None,
+    )
+    assert await code_of(register_enterprise(db, audit, fields)) == "conflict"
+    [logged] = await rows(db, audit_log, action="enterprise.register")
+    assert logged["after"]["id"] == ENT
+    assert logged["after"]["flagged_abuse"] is False
+    refused = update_enterprise(db, store, audit, ENT, {"verifed": True}, "typo")
+    assert await code_of(refused) == "invalid_request"
+    [row] = await rows(db, enterprises, id=ENT)
+    assert row["verified"] is False
+
+
 async def paid_order_after_verifying(
     db: Database, store: BalanceStore, audit: SystemAuditor
 ) -> None:
@@ -266,7 +288,7 @@ async def test_every_mutation_writes_one_audit_row(
 ):
     await enterprise(db, audit)
     state = await paid_order(db, store, audit)
-    order_id, bucket_id = state.order["id"], state.packages[0]["id"]
+    order_id, bucket_id = state.order.id, state.packages[0].id
     await grant_gift(
         db, store, audit, ENT, pv=5, reason="r", order_id=None,
         expires_at=datetime.now(UTC) + timedelta(days=3), tz=TZ,

@@ -66,8 +66,8 @@ async def test_an_order_is_pending_until_paid(db: Database, audit: SystemAuditor
     await enterprise(db, audit)
     order = await create_order(db, audit, order_request(sku="pv_3m", quantity=2))
     assert order.status == "pending_payment"
-    assert order.order["amount_fen"] == 18_000_000  # docs/rules.md §7 (P1): pv_3m × 2
-    assert order.packages == []
+    assert order.order.amount_fen == 18_000_000  # docs/rules.md §7 (P1): pv_3m × 2
+    assert order.packages == ()
     assert order.payment is None
 
 
@@ -76,9 +76,9 @@ async def test_paying_books_packages_and_credits_buckets(
 ):
     await enterprise(db, audit)
     order = await create_order(db, audit, order_request(quantity=3))
-    assert order.order["amount_fen"] == 9_000_000
+    assert order.order.amount_fen == 9_000_000
     [line] = order.lines  # the quoted line is kept with the order
-    assert (line["item"], line["quantity"], line["unit_price_fen"], line["amount_fen"]) == (
+    assert (line.item, line.quantity, line.unit_price_fen, line.amount_fen) == (
         "pv_1m",
         3,
         3_000_000,
@@ -86,7 +86,7 @@ async def test_paying_books_packages_and_credits_buckets(
     )
     paid_at = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
     state = await pay_order(
-        db, store, audit, order.order["id"], reference="wx-1", paid_at=paid_at, tz=TZ
+        db, store, audit, order.order.id, reference="wx-1", paid_at=paid_at, tz=TZ
     )
     assert state.status == "paid"
     assert state.paid_at == paid_at
@@ -105,7 +105,7 @@ async def test_paying_books_packages_and_credits_buckets(
         assert (bucket.granted, bucket.used) == (1_000_000, 0)
         assert bucket.expires_at == to_ms(package["expires_at"])
         assert bucket.ordered_at == to_ms(paid_at)
-        assert bucket.order_id == order.order["id"]
+        assert bucket.order_id == order.order.id
     assert snapshot.available == 3_000_000
     actions = [r["action"] for r in await rows(db, audit_log)]
     assert actions == ["enterprise.register", "order.create", "order.pay"]
@@ -120,7 +120,7 @@ async def test_expiry_is_one_calendar_year_in_shanghai(
     await enterprise(db, audit)
     state = await paid_order(db, store, audit, paid_at=paid_at)
     [package] = state.packages
-    assert package["expires_at"] == datetime(2025, 2, 27, 16, 30, tzinfo=UTC)
+    assert package.expires_at == datetime(2025, 2, 27, 16, 30, tzinfo=UTC)
     [bucket] = (await store.snapshot(ENT)).buckets
     assert bucket.expires_at == to_ms(datetime(2025, 2, 27, 16, 30, tzinfo=UTC))
 
@@ -144,7 +144,7 @@ async def test_cash_split_sends_the_remainder_fen_to_the_first_packages(
             )
         )
     state = await pay_order(db, store, audit, "ord_legacy", reference="r", paid_at=now(), tz=TZ)
-    assert [p["paid_cash_fen"] for p in state.packages] == [2_666_667, 2_666_666, 2_666_666]
+    assert [p.paid_cash_fen for p in state.packages] == [2_666_667, 2_666_666, 2_666_666]
     [payment] = await rows(db, payments)
     assert payment["cash_fen"] == 7_999_999
 
@@ -154,7 +154,7 @@ async def test_paying_twice_books_and_credits_once(
 ):
     await enterprise(db, audit)
     first = await paid_order(db, store, audit, quantity=2)
-    order_id = first.order["id"]
+    order_id = first.order.id
     await store.debit(ENT, 7)
     again = await pay_order(
         db, store, audit, order_id, reference="other", paid_at=now() + timedelta(hours=1), tz=TZ
@@ -174,7 +174,7 @@ async def test_a_crash_before_the_redis_credit_is_healed_by_paying_again(
 ):
     await enterprise(db, audit)
     order = await create_order(db, audit, order_request(quantity=3))
-    order_id = order.order["id"]
+    order_id = order.order.id
     paid_at = now()
     dead = dead_redis()
     try:
@@ -186,14 +186,14 @@ async def test_a_crash_before_the_redis_credit_is_healed_by_paying_again(
         await dead.aclose()
     assert await count(db, payments) == 1  # the ledger committed ...
     assert (await store.snapshot(ENT)).buckets == ()  # ... Redis never heard of it
-    package_ids = [p["id"] for p in (await get_state(db, order_id)).packages]
+    package_ids = [p.id for p in (await get_state(db, order_id)).packages]
     with pytest.raises(BillingError) as refused:  # nothing to refund before the buckets exist
         await quote(db, store, order_id, package_ids, now=now(), tz=TZ)
     assert refused.value.code == "conflict"
     state = await pay_order(db, store, audit, order_id, reference="r2", paid_at=now(), tz=TZ)
     assert state.paid_at == paid_at
     snapshot = await store.snapshot(ENT)
-    assert [b.id for b in snapshot.buckets] == [p["id"] for p in state.packages]
+    assert [b.id for b in snapshot.buckets] == [p.id for p in state.packages]
     assert snapshot.available == 3_000_000
     assert await count(db, payments) == 1
 
@@ -215,11 +215,11 @@ async def test_a_crash_between_two_credits_is_healed_by_paying_again(
 
     monkeypatch.setattr(store, "credit", dies_on_the_second)
     with pytest.raises(MeterUnavailable):
-        await pay_order(db, store, audit, order.order["id"], reference="r", paid_at=now(), tz=TZ)
+        await pay_order(db, store, audit, order.order.id, reference="r", paid_at=now(), tz=TZ)
     assert len((await store.snapshot(ENT)).buckets) == 1
     monkeypatch.undo()
     await store.debit(ENT, 5)  # the first bucket serves meanwhile
-    await pay_order(db, store, audit, order.order["id"], reference="r", paid_at=now(), tz=TZ)
+    await pay_order(db, store, audit, order.order.id, reference="r", paid_at=now(), tz=TZ)
     snapshot = await store.snapshot(ENT)
     assert len(snapshot.buckets) == 3
     assert [b.used for b in snapshot.buckets] == [5, 0, 0]  # the retry reset nothing
@@ -245,7 +245,7 @@ async def test_two_concurrent_payment_confirmations_pay_once(
 ):
     await enterprise(db, audit)
     order = await create_order(db, audit, order_request(quantity=2))
-    order_id = order.order["id"]
+    order_id = order.order.id
     outcomes: Any = await asyncio.gather(
         pay_order(db, store, audit, order_id, reference="notify-1", paid_at=now(), tz=TZ),
         pay_order(db, store, audit, order_id, reference="notify-2", paid_at=now(), tz=TZ),

@@ -48,7 +48,7 @@ async def test_usage_of_a_gateway_that_died_before_its_last_flush_is_booked_once
 ):
     await enterprise(db, audit)
     state = await paid_order(db, store, audit)
-    bucket_id = state.packages[0]["id"]
+    bucket_id = state.packages[0].id
     recorder = UsageRecorder(redis, "gw-1")
     await gateway_traffic(store, recorder, 700)
     await recorder.flush()
@@ -73,8 +73,8 @@ async def test_a_bucket_with_traffic_still_moving_is_not_booked(
 ):
     await enterprise(db, audit)
     await enterprise(db, audit, "ent2")
-    dead_bucket = (await paid_order(db, store, audit)).packages[0]["id"]
-    busy_bucket = (await paid_order(db, store, audit, "ent2")).packages[0]["id"]
+    dead_bucket = (await paid_order(db, store, audit)).packages[0].id
+    busy_bucket = (await paid_order(db, store, audit, "ent2")).packages[0].id
     consumer = UsageConsumer(db, redis, "c1", block_ms=50)
     await store.debit(ENT, 40)  # never reported: its gateway died
     await store.debit("ent2", 10)  # on its way, and more keeps coming
@@ -107,9 +107,9 @@ async def test_reconciliation_and_a_refund_recharge_agree(
     """The refund books the gift's re-charge itself; reconciliation must not book it again."""
     await enterprise(db, audit)
     state = await paid_order(db, store, audit)
-    package_id = state.packages[0]["id"]
+    package_id = state.packages[0].id
     gift = await grant_gift(
-        db, store, audit, ENT, pv=100, reason="promo", order_id=state.order["id"],
+        db, store, audit, ENT, pv=100, reason="promo", order_id=state.order.id,
         expires_at=None, tz=TZ,
     )  # fmt: skip
     recorder = UsageRecorder(redis, "gw-1")
@@ -117,13 +117,13 @@ async def test_reconciliation_and_a_refund_recharge_agree(
     await recorder.aclose()
     consumer = UsageConsumer(db, redis, "c1", block_ms=50)
     await consumer.drain()
-    assert await ledger(db) == {gift["id"]: 100, package_id: 30}
+    assert await ledger(db) == {gift.id: 100, package_id: 30}
     result = await execute(
-        db, store, audit, state.order["id"], [package_id], key="k", actor="ops", now=now(), tz=TZ
+        db, store, audit, state.order.id, [package_id], key="k", actor="ops", now=now(), tz=TZ
     )
-    assert [line["used_after"] for line in result.lines] == [130]
+    assert [line.used_after for line in result.lines] == [130]
     assert await reconcile(db, store, settle=0.05, drain=consumer.drain) == []
-    assert await ledger(db) == await redis_used(store) == {gift["id"]: 100, package_id: 130}
+    assert await ledger(db) == await redis_used(store) == {gift.id: 100, package_id: 130}
 
 
 async def test_expired_buckets_record_what_they_cancelled_once(
@@ -131,29 +131,29 @@ async def test_expired_buckets_record_what_they_cancelled_once(
 ):
     await enterprise(db, audit)
     old = await paid_order(db, store, audit, paid_at=now() - timedelta(days=400))
-    old_id = old.packages[0]["id"]
+    old_id = old.packages[0].id
     live = await paid_order(db, store, audit)
     gift = await grant_gift(
         db, store, audit, ENT, pv=100, reason="flash promo", order_id=None,
         expires_at=now() + timedelta(milliseconds=300), tz=TZ,
     )  # fmt: skip
-    assert (await store.debit(ENT, 30)).takes == ((gift["id"], 30),)
+    assert (await store.debit(ENT, 30)).takes == ((gift.id, 30),)
     await asyncio.sleep(0.35)
-    assert (await store.debit(ENT, 1)).takes == ((live.packages[0]["id"], 1),)
+    assert (await store.debit(ENT, 1)).takes == ((live.packages[0].id, 1),)
 
     # The gift expired a moment ago: inside the grace it is left alone.
     assert await record_expirations(db, store, grace=timedelta(days=1)) == 1
     [row] = await rows(db, expirations)
     assert (row["bucket_id"], row["enterprise_id"], row["cancelled_pv"]) == (old_id, ENT, 1_000_000)
-    assert to_ms(row["expired_at"]) == to_ms(old.packages[0]["expires_at"])
+    assert to_ms(row["expired_at"]) == to_ms(old.packages[0].expires_at)
 
     assert await record_expirations(db, store, grace=timedelta(milliseconds=10)) == 1
-    gift_row = (await rows(db, expirations, bucket_id=gift["id"]))[0]
+    gift_row = (await rows(db, expirations, bucket_id=gift.id))[0]
     assert gift_row["cancelled_pv"] == 70
     snapshot = {b.id: b for b in (await store.snapshot(ENT)).buckets}
-    assert gift_row["expired_at"] == from_ms(snapshot[gift["id"]].expires_at)
-    assert to_ms(gift_row["expired_at"]) == to_ms(gift["expires_at"])
+    assert gift_row["expired_at"] == from_ms(snapshot[gift.id].expires_at)
+    assert to_ms(gift_row["expired_at"]) == to_ms(gift.expires_at)
 
     assert await record_expirations(db, store, grace=timedelta(0)) == 0
     assert await count(db, expirations) == 2
-    assert snapshot[live.packages[0]["id"]].status is BucketStatus.ACTIVE
+    assert snapshot[live.packages[0].id].status is BucketStatus.ACTIVE

@@ -82,7 +82,7 @@ async def play(db: Database, store: BalanceStore, audit: SystemAuditor, case: Sc
     if case.older:
         await paid_order(db, store, audit, enterprise_id, paid_at=now() - timedelta(days=3))
     state = await paid_order(db, store, audit, enterprise_id, quantity=case.quantity)
-    order_id = state.order["id"]
+    order_id = state.order.id
     for pv in case.gifts:
         await grant_gift(
             db, store, audit, enterprise_id, pv=pv, reason="promo", order_id=order_id,
@@ -90,7 +90,7 @@ async def play(db: Database, store: BalanceStore, audit: SystemAuditor, case: Sc
         )  # fmt: skip
     await view(store, enterprise_id, case.usage)
     for step, (positions, viewed_after) in enumerate(case.refunds):
-        ids = [state.packages[i]["id"] for i in positions]
+        ids = [state.packages[i].id for i in positions]
         quoted = await quote(db, store, order_id, ids, now=now(), tz=TZ)
         result = await execute(
             db, store, audit, order_id, ids, key=f"{enterprise_id}-{step}", actor="prop",
@@ -103,8 +103,8 @@ async def play(db: Database, store: BalanceStore, audit: SystemAuditor, case: Sc
         assert quoted.total_refund_fen == result.total_refund_fen
         buckets = {b.id: b for b in (await store.snapshot(enterprise_id)).buckets}
         for line in result.lines:
-            frozen = buckets[line["package_id"]]
-            assert (frozen.status, frozen.used) == (BucketStatus.REFUNDED, line["used_after"])
+            frozen = buckets[line.package_id]
+            assert (frozen.status, frozen.used) == (BucketStatus.REFUNDED, line.used_after)
         if case.retry:
             assert await execute(
                 db, store, audit, order_id, ids, key=f"{enterprise_id}-{step}", actor="prop",

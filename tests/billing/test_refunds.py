@@ -15,7 +15,7 @@ from billing.db import Database
 from billing.errors import BillingError
 from billing.ledger import OrderState
 from billing.operations import grant_gift, invoice_event, update_enterprise
-from billing.refunding import RefundResult, execute, quote
+from billing.refunding import RefundResult, quote
 from billing.schema import (
     audit_log,
     balance_entries,
@@ -26,24 +26,21 @@ from billing.schema import (
 )
 from metering import BalanceStore, BucketStatus
 from metering.buckets import Refusal
-from tests.billing.support import ENT, TZ, Killed, code_of, count, enterprise, now, paid_order, rows
-
-LINE_FIELDS = ("package_id", "paid_cash_fen", "used_before", "recharged_pv", "used_after")
-
-
-def booked_lines(result: RefundResult) -> list[tuple[Any, ...]]:
-    return [(*(line[f] for f in LINE_FIELDS), line["refund_fen"]) for line in result.lines]
-
-
-async def debit_counted(store: BalanceStore, pv: int, chunk: int = 250_000) -> Counter[str]:
-    """Debit ``pv`` PV through the metering script; what each bucket gave."""
-    takes: Counter[str] = Counter()
-    while pv:
-        debit = await store.debit(ENT, min(chunk, pv))
-        assert debit.granted == min(chunk, pv), debit
-        takes.update(dict(debit.takes))
-        pv -= debit.granted
-    return takes
+from tests.billing.support import (
+    ENT,
+    LINE_FIELDS,
+    TZ,
+    Killed,
+    booked_lines,
+    code_of,
+    count,
+    debit_counted,
+    enterprise,
+    now,
+    paid_order,
+    refund,
+    rows,
+)
 
 
 async def r1_setup(
@@ -52,31 +49,22 @@ async def r1_setup(
     """docs/rules.md §6 (R1): three pv_1m in one order, a 10,000 PV gift, 1,500,000 PV viewed."""
     await enterprise(db, audit)
     state = await paid_order(db, store, audit, quantity=3)
-    assert state.order["amount_fen"] == 9_000_000
+    assert state.order.amount_fen == 9_000_000
     gift = await grant_gift(
         db, store, audit, ENT, pv=10_000, reason="comes with the order",
-        order_id=state.order["id"], expires_at=None, tz=TZ,
+        order_id=state.order.id, expires_at=None, tz=TZ,
     )  # fmt: skip
-    a, b, _c = (p["id"] for p in state.packages)
+    a, b, _c = (p.id for p in state.packages)
     takes = await debit_counted(store, 1_500_000)
-    assert takes == {gift["id"]: 10_000, a: 1_000_000, b: 490_000}
-    return state, gift["id"]
-
-
-def run(
-    db: Database, store: BalanceStore, audit: SystemAuditor, state: OrderState, ids: list[str],
-    key: str = "refund-1",
-) -> Any:  # fmt: skip
-    return execute(
-        db, store, audit, state.order["id"], ids, key=key, actor="ops1", now=now(), tz=TZ
-    )
+    assert takes == {gift.id: 10_000, a: 1_000_000, b: 490_000}
+    return state, gift.id
 
 
 async def test_vector_r1_end_to_end(db: Database, store: BalanceStore, audit: SystemAuditor):
     state, gift_id = await r1_setup(db, store, audit)
-    a, b, c = (p["id"] for p in state.packages)
-    quoted = await quote(db, store, state.order["id"], [a, b, c], now=now(), tz=TZ)
-    result = await run(db, store, audit, state, [a, b, c])
+    a, b, c = (p.id for p in state.packages)
+    quoted = await quote(db, store, state.order.id, [a, b, c], now=now(), tz=TZ)
+    result = await refund(db, store, audit, state, [a, b, c])
 
     assert booked_lines(result) == [
         (a, 3_000_000, 1_000_000, 0, 1_000_000, 0),
@@ -125,9 +113,9 @@ async def test_the_same_key_returns_the_same_refund_and_books_nothing_new(
     db: Database, store: BalanceStore, audit: SystemAuditor
 ):
     state, _gift = await r1_setup(db, store, audit)
-    ids = [p["id"] for p in state.packages]
-    first = await run(db, store, audit, state, ids)
-    again = await run(db, store, audit, state, list(reversed(ids)))
+    ids = [p.id for p in state.packages]
+    first = await refund(db, store, audit, state, ids)
+    again = await refund(db, store, audit, state, list(reversed(ids)))
     assert again == first
     assert await count(db, refunds) == 1
     assert await count(db, refund_completions) == 1
@@ -135,14 +123,14 @@ async def test_the_same_key_returns_the_same_refund_and_books_nothing_new(
     assert await count(db, reconciliations) == 1
     assert len(await rows(db, audit_log, action="refund.execute")) == 1
     # The key names one refund: reused for another, it is refused.
-    assert await code_of(run(db, store, audit, state, ids[:1])) == "conflict"
+    assert await code_of(refund(db, store, audit, state, ids[:1])) == "conflict"
 
 
 async def test_a_crash_between_freeze_and_booking_completes_once_on_retry(
     db: Database, store: BalanceStore, audit: SystemAuditor, monkeypatch: pytest.MonkeyPatch
 ):
     state, gift_id = await r1_setup(db, store, audit)
-    ids = [p["id"] for p in state.packages]
+    ids = [p.id for p in state.packages]
     real_book = billing.refunding._book
 
     async def dies_once(*args: Any) -> None:
@@ -151,18 +139,18 @@ async def test_a_crash_between_freeze_and_booking_completes_once_on_retry(
 
     monkeypatch.setattr(billing.refunding, "_book", dies_once)
     with pytest.raises(Killed):
-        await run(db, store, audit, state, ids)
+        await refund(db, store, audit, state, ids)
     # Redis has voided and frozen; the ledger has the request and nothing else.
     snapshot = await store.snapshot(ENT)
     assert {b.status for b in snapshot.buckets} == {BucketStatus.VOID, BucketStatus.REFUNDED}
     assert (await count(db, refunds), await count(db, refund_completions)) == (1, 0)
     assert await count(db, balance_entries) == 0
 
-    result = await run(db, store, audit, state, ids)
+    result = await refund(db, store, audit, state, ids)
     assert result.total_refund_fen == 4_500_000
-    assert [line["used_after"] for line in result.lines] == [1_000_000, 500_000, 0]
-    assert [line["recharged_pv"] for line in result.lines] == [0, 10_000, 0]
-    assert await run(db, store, audit, state, ids) == result
+    assert [line.used_after for line in result.lines] == [1_000_000, 500_000, 0]
+    assert [line.recharged_pv for line in result.lines] == [0, 10_000, 0]
+    assert await refund(db, store, audit, state, ids) == result
     assert await count(db, refund_completions) == 1
     assert [e["amount_fen"] for e in await rows(db, balance_entries)] == [4_500_000]
     assert [r["delta_pv"] for r in await rows(db, reconciliations)] == [10_000]
@@ -176,49 +164,16 @@ async def test_an_already_refunded_package_under_a_new_key_is_a_conflict(
 ):
     await enterprise(db, audit)
     state = await paid_order(db, store, audit, quantity=2)
-    a, b = (p["id"] for p in state.packages)
-    first = await run(db, store, audit, state, [a])
+    a, b = (p.id for p in state.packages)
+    first = await refund(db, store, audit, state, [a])
     assert first.total_refund_fen == 3_000_000
-    assert await code_of(run(db, store, audit, state, [a], key="refund-2")) == "conflict"
-    assert await code_of(run(db, store, audit, state, [a, b], key="refund-3")) == "conflict"
+    assert await code_of(refund(db, store, audit, state, [a], key="refund-2")) == "conflict"
+    assert await code_of(refund(db, store, audit, state, [a, b], key="refund-3")) == "conflict"
     assert await count(db, refunds) == 1
     # The other package is still refundable on its own.
-    second = await run(db, store, audit, state, [b], key="refund-4")
+    second = await refund(db, store, audit, state, [b], key="refund-4")
     assert second.total_refund_fen == 3_000_000
     assert [e["amount_fen"] for e in await rows(db, balance_entries)] == [3_000_000] * 2
-
-
-async def test_a_partial_refund_voids_every_gift_and_recharges_the_oldest_package(
-    db: Database, store: BalanceStore, audit: SystemAuditor
-):
-    """The gift's used PV go to the oldest live package, here one of another order."""
-    await enterprise(db, audit)
-    older = await paid_order(db, store, audit, paid_at=now() - timedelta(days=3))
-    state = await paid_order(db, store, audit, quantity=2)
-    old_id = older.packages[0]["id"]
-    a, b = (p["id"] for p in state.packages)
-    gifts = [
-        await grant_gift(
-            db, store, audit, ENT, pv=pv, reason="promo", order_id=state.order["id"],
-            expires_at=None, tz=TZ,
-        )
-        for pv in (300, 200)
-    ]  # fmt: skip
-    takes = await debit_counted(store, 450)
-    assert takes == {gifts[0]["id"]: 300, gifts[1]["id"]: 150}
-
-    quoted = await quote(db, store, state.order["id"], [b], now=now(), tz=TZ)
-    assert dict(quoted.recharged) == {old_id: 450}
-    result = await run(db, store, audit, state, [b])
-    assert booked_lines(result) == [(b, 3_000_000, 0, 0, 0, 3_000_000)]
-    assert quoted.total_refund_fen == result.total_refund_fen == 3_000_000
-    snapshot = {x.id: x for x in (await store.snapshot(ENT)).buckets}
-    assert [snapshot[g["id"]].status for g in gifts] == [BucketStatus.VOID] * 2
-    assert snapshot[old_id].used == 450
-    assert (snapshot[a].status, snapshot[a].used) == (BucketStatus.ACTIVE, 0)
-    [recharge] = await rows(db, reconciliations)
-    assert (recharge["bucket_id"], recharge["delta_pv"]) == (old_id, 450)
-    assert (await store.debit(ENT)).takes == ((old_id, 1),)
 
 
 @pytest.mark.parametrize("flag", ["flagged_abuse", "flagged_violation"])
@@ -226,25 +181,27 @@ async def test_refusals_leave_redis_and_the_ledger_untouched(
     db: Database, store: BalanceStore, audit: SystemAuditor, flag: str
 ):
     state, gift_id = await r1_setup(db, store, audit)
-    ids = [p["id"] for p in state.packages]
+    ids = [p.id for p in state.packages]
     before = await store.snapshot(ENT)
 
-    await invoice_event(db, audit, state.order["id"], "issued", "F1")
-    assert await code_of(run(db, store, audit, state, ids)) == "invoice_not_returned"
-    await invoice_event(db, audit, state.order["id"], "returned", "F1")
+    await invoice_event(db, audit, state.order.id, "issued", "F1")
+    assert await code_of(refund(db, store, audit, state, ids)) == "invoice_not_returned"
+    await invoice_event(db, audit, state.order.id, "returned", "F1")
 
     await update_enterprise(db, store, audit, ENT, {flag: True}, "ops review")
-    assert await code_of(run(db, store, audit, state, ids)) == "enterprise_flagged"
-    assert await code_of(quote(db, store, state.order["id"], ids, now=now(), tz=TZ)) == (
+    assert await code_of(refund(db, store, audit, state, ids)) == "enterprise_flagged"
+    assert await code_of(quote(db, store, state.order.id, ids, now=now(), tz=TZ)) == (
         "enterprise_flagged"
     )
-    assert await code_of(run(db, store, audit, state, ["nope"], key="k2")) == "enterprise_flagged"
+    assert (
+        await code_of(refund(db, store, audit, state, ["nope"], key="k2")) == "enterprise_flagged"
+    )
 
     assert await count(db, refunds) == 0
     after = await store.snapshot(ENT)
     assert after.buckets == before.buckets  # no gift voided, nothing frozen
     await update_enterprise(db, store, audit, ENT, {flag: False}, "cleared")
-    assert (await run(db, store, audit, state, ids)).total_refund_fen == 4_500_000
+    assert (await refund(db, store, audit, state, ids)).total_refund_fen == 4_500_000
     assert gift_id in {b.id for b in after.buckets}
 
 
@@ -254,9 +211,9 @@ async def test_bad_package_lists_are_invalid_requests(
     await enterprise(db, audit)
     state = await paid_order(db, store, audit, quantity=2)
     other = await paid_order(db, store, audit)
-    assert await code_of(run(db, store, audit, state, [])) == "invalid_request"
-    foreign = other.packages[0]["id"]
-    assert await code_of(run(db, store, audit, state, [foreign])) == "invalid_request"
+    assert await code_of(refund(db, store, audit, state, [])) == "invalid_request"
+    foreign = other.packages[0].id
+    assert await code_of(refund(db, store, audit, state, [foreign])) == "invalid_request"
     assert await count(db, refunds) == 0
     assert {b.status for b in (await store.snapshot(ENT)).buckets} == {BucketStatus.ACTIVE}
 
@@ -266,9 +223,9 @@ async def test_a_package_listed_twice_is_refunded_once(
 ):
     await enterprise(db, audit)
     state = await paid_order(db, store, audit, quantity=2)
-    a = state.packages[0]["id"]
+    a = state.packages[0].id
     outcomes: Any = await asyncio.gather(
-        run(db, store, audit, state, [a, a]), return_exceptions=True
+        refund(db, store, audit, state, [a, a]), return_exceptions=True
     )
     outcome = outcomes[0]
     if isinstance(outcome, BillingError):  # refusing the request is as good as deduplicating
@@ -285,15 +242,15 @@ async def test_the_refund_window_is_one_calendar_month(
 ):
     await enterprise(db, audit)
     late = await paid_order(db, store, audit, paid_at=now() - timedelta(days=40))
-    ids = [late.packages[0]["id"]]
-    assert await code_of(run(db, store, audit, late, ids)) == "refund_window_closed"
-    assert await code_of(quote(db, store, late.order["id"], ids, now=now(), tz=TZ)) == (
+    ids = [late.packages[0].id]
+    assert await code_of(refund(db, store, audit, late, ids)) == "refund_window_closed"
+    assert await code_of(quote(db, store, late.order.id, ids, now=now(), tz=TZ)) == (
         "refund_window_closed"
     )
     assert await count(db, refunds) == 0
     assert (await store.snapshot(ENT)).buckets[0].status is BucketStatus.ACTIVE
     recent = await paid_order(db, store, audit, paid_at=now() - timedelta(days=27))
-    result = await run(db, store, audit, recent, [recent.packages[0]["id"]], key="k2")
+    result = await refund(db, store, audit, recent, [recent.packages[0].id], key="k2")
     assert result.total_refund_fen == 3_000_000
 
 
@@ -303,14 +260,14 @@ async def test_a_refund_racing_live_traffic_takes_no_pv_after_the_freeze(
     await enterprise(db, audit)
     state = await paid_order(db, store, audit, quantity=2, paid_at=now() - timedelta(days=2))
     newer = await paid_order(db, store, audit)
-    refunded = [p["id"] for p in state.packages]
+    refunded = [p.id for p in state.packages]
     gift = await grant_gift(
-        db, store, audit, ENT, pv=1_000, reason="promo", order_id=state.order["id"],
+        db, store, audit, ENT, pv=1_000, reason="promo", order_id=state.order.id,
         expires_at=None, tz=TZ,
     )  # fmt: skip
     await debit_counted(store, 1_500)
 
-    taken: Counter[str] = Counter({gift["id"]: 1_000, refunded[0]: 500})
+    taken: Counter[str] = Counter({gift.id: 1_000, refunded[0]: 500})
     after_refund: list[tuple[str, int]] = []
     refund_done = asyncio.Event()
     stop = asyncio.Event()
@@ -326,33 +283,33 @@ async def test_a_refund_racing_live_traffic_takes_no_pv_after_the_freeze(
 
     tasks = [asyncio.create_task(traffic()) for _ in range(6)]
     await asyncio.sleep(0.1)
-    result = await run(db, store, audit, state, refunded)
+    result = await refund(db, store, audit, state, refunded)
     refund_done.set()
     await asyncio.sleep(0.1)
     stop.set()
     await asyncio.gather(*tasks)
 
     snapshot = {b.id: b for b in (await store.snapshot(ENT)).buckets}
-    lines = {line["package_id"]: line for line in result.lines}
+    lines = {line.package_id: line for line in result.lines}
     assert taken[refunded[0]] > 500  # traffic did hit the package being refunded
     for package_id in refunded:
         assert snapshot[package_id].status is BucketStatus.REFUNDED
-        assert lines[package_id]["used_after"] == snapshot[package_id].used
+        assert lines[package_id].used_after == snapshot[package_id].used
         # Every PV it gave, to traffic or to the gift's re-charge, is in the booked figure.
-        assert taken[package_id] + lines[package_id]["recharged_pv"] == snapshot[package_id].used
-        assert lines[package_id]["refund_fen"] == 3_000_000 - 3 * snapshot[package_id].used
+        assert taken[package_id] + lines[package_id].recharged_pv == snapshot[package_id].used
+        assert lines[package_id].refund_fen == 3_000_000 - 3 * snapshot[package_id].used
     assert after_refund
-    assert {bucket for bucket, _ in after_refund} == {newer.packages[0]["id"]}
-    assert snapshot[newer.packages[0]["id"]].used == taken[newer.packages[0]["id"]]
+    assert {bucket for bucket, _ in after_refund} == {newer.packages[0].id}
+    assert snapshot[newer.packages[0].id].used == taken[newer.packages[0].id]
 
 
 async def test_concurrent_requests_with_one_key_refund_once(
     db: Database, store: BalanceStore, audit: SystemAuditor
 ):
     state, _gift = await r1_setup(db, store, audit)
-    ids = [p["id"] for p in state.packages]
+    ids = [p.id for p in state.packages]
     outcomes = await asyncio.gather(
-        run(db, store, audit, state, ids), run(db, store, audit, state, ids),
+        refund(db, store, audit, state, ids), refund(db, store, audit, state, ids),
         return_exceptions=True,
     )  # fmt: skip
     results = [o for o in outcomes if isinstance(o, RefundResult)]
@@ -369,7 +326,7 @@ async def test_a_failed_request_retried_after_another_key_refunded_the_package_p
     """Key A is accepted, then Redis fails before the freeze; ops refund with key B; the
     client's retry with key A must not refund the same package a second time."""
     state, _gift = await r1_setup(db, store, audit)
-    c = state.packages[2]["id"]
+    c = state.packages[2].id
     real_freeze = store.freeze
 
     async def redis_fails(*args: Any, **kwargs: Any) -> Any:
@@ -378,67 +335,9 @@ async def test_a_failed_request_retried_after_another_key_refunded_the_package_p
 
     monkeypatch.setattr(store, "freeze", redis_fails)
     with pytest.raises(Killed):
-        await run(db, store, audit, state, [c], key="key-a")
-    by_b = await run(db, store, audit, state, [c], key="key-b")
+        await refund(db, store, audit, state, [c], key="key-a")
+    by_b = await refund(db, store, audit, state, [c], key="key-b")
     assert by_b.total_refund_fen == 3_000_000
-    assert await code_of(run(db, store, audit, state, [c], key="key-a")) == "conflict"
+    assert await code_of(refund(db, store, audit, state, [c], key="key-a")) == "conflict"
     assert [e["amount_fen"] for e in await rows(db, balance_entries)] == [3_000_000]
     assert await count(db, refund_completions) == 1
-
-
-def quoted_lines(quoted: Any) -> list[tuple[Any, ...]]:
-    return [(*(getattr(q, f) for f in LINE_FIELDS), q.refund_fen) for q in quoted.lines]
-
-
-async def test_a_second_refund_does_not_claim_the_recharge_of_a_gift_voided_by_the_first(
-    db: Database, store: BalanceStore, audit: SystemAuditor
-):
-    """A full, so the gift's 20 PV went to B at the first refund; the second refund of B
-    finds them in B's used, as its quote says, and re-charges nothing itself."""
-    await enterprise(db, audit)
-    state = await paid_order(db, store, audit, quantity=2)
-    a, b = (p["id"] for p in state.packages)
-    gift = await grant_gift(
-        db, store, audit, ENT, pv=20, reason="promo", order_id=state.order["id"],
-        expires_at=None, tz=TZ,
-    )  # fmt: skip
-    assert await debit_counted(store, 1_000_025) == {gift["id"]: 20, a: 1_000_000, b: 5}
-    first = await run(db, store, audit, state, [a])
-    assert booked_lines(first) == [(a, 3_000_000, 1_000_000, 0, 1_000_000, 0)]
-    [request] = await rows(db, refunds, id=first.refund_id)
-    assert request["voided_gifts"] == [gift["id"]]
-
-    quoted = await quote(db, store, state.order["id"], [b], now=now(), tz=TZ)
-    assert (quoted.voided_gifts, dict(quoted.recharged)) == ((), {})
-    second = await run(db, store, audit, state, [b], key="refund-2")
-    expected = [(b, 3_000_000, 25, 0, 25, 2_999_925)]
-    assert quoted_lines(quoted) == booked_lines(second) == expected
-    stored = await rows(db, refund_lines, refund_id=second.refund_id)
-    assert [(*(r[f] for f in LINE_FIELDS), r["refund_fen"]) for r in stored] == expected
-    # The re-charge entered the ledger once, with the first refund.
-    assert [(r["bucket_id"], r["delta_pv"]) for r in await rows(db, reconciliations)] == [(b, 20)]
-
-
-async def test_a_crashed_second_refund_retried_still_claims_no_recharge(
-    db: Database, store: BalanceStore, audit: SystemAuditor, monkeypatch: pytest.MonkeyPatch
-):
-    await enterprise(db, audit)
-    state = await paid_order(db, store, audit, quantity=2)
-    a, b = (p["id"] for p in state.packages)
-    await grant_gift(
-        db, store, audit, ENT, pv=20, reason="promo", order_id=state.order["id"],
-        expires_at=None, tz=TZ,
-    )  # fmt: skip
-    await debit_counted(store, 1_000_025)
-    await run(db, store, audit, state, [a])
-    real_book = billing.refunding._book
-
-    async def dies_once(*args: Any) -> None:
-        monkeypatch.setattr(billing.refunding, "_book", real_book)
-        raise Killed("between freeze and booking")
-
-    monkeypatch.setattr(billing.refunding, "_book", dies_once)
-    with pytest.raises(Killed):
-        await run(db, store, audit, state, [b], key="refund-2")
-    retried = await run(db, store, audit, state, [b], key="refund-2")
-    assert booked_lines(retried) == [(b, 3_000_000, 25, 0, 25, 2_999_925)]
