@@ -17,7 +17,11 @@ gateway's request handlers do:
     turn collapse into one script call for n PV;
 ``spread``
     the callers share one `Meter`, each debit for one of 10,000 enterprises picked
-    uniformly at random, so batching rarely applies and the gain is the pipelining.
+    uniformly at random, so batching rarely applies and the gain is the pipelining;
+``hot_wait1``, ``spread_wait1``
+    ``hot`` and ``spread`` with ``wait_replicas = 1``: the server has a replica (on the
+    same machine), and every round ends with ``WAIT 1``.  Their ratios to ``hot`` and
+    ``spread`` are the cost of that durability (reported, no target).
 
 Each scenario warms up first (connections opened, script cached), then counts the debits
 granted in a fixed window (quick: 4 s, full: 15 s).  Callers stop starting debits at the
@@ -210,8 +214,10 @@ def hot_debit(client: Redis, enterprises: Sequence[str]) -> tuple[DebitOnce, Met
     return debit, meter
 
 
-def spread_debit(client: Redis, enterprises: Sequence[str]) -> tuple[DebitOnce, Meter | None]:
-    meter, pick = Meter(client), random.Random(SEED).choice
+def spread_debit(
+    client: Redis, enterprises: Sequence[str], wait_replicas: int = 0
+) -> tuple[DebitOnce, Meter | None]:
+    meter, pick = Meter(client, wait_replicas=wait_replicas), random.Random(SEED).choice
 
     async def debit() -> bool:
         return (await meter.debit(pick(enterprises))).granted
@@ -219,10 +225,25 @@ def spread_debit(client: Redis, enterprises: Sequence[str]) -> tuple[DebitOnce, 
     return debit, meter
 
 
+def hot_wait_debit(client: Redis, enterprises: Sequence[str]) -> tuple[DebitOnce, Meter | None]:
+    meter, enterprise = Meter(client, wait_replicas=1), enterprises[0]
+
+    async def debit() -> bool:
+        return (await meter.debit(enterprise)).granted
+
+    return debit, meter
+
+
+def spread_wait_debit(client: Redis, enterprises: Sequence[str]) -> tuple[DebitOnce, Meter | None]:
+    return spread_debit(client, enterprises, wait_replicas=1)
+
+
 SCENARIOS: tuple[tuple[str, list[str], Builder], ...] = (
     ("baseline", ["bench-base-0"], baseline_debit),
     ("hot", ["bench-hot-0"], hot_debit),
     ("spread", [f"bench-spr-{i}" for i in range(SPREAD_ENTERPRISES)], spread_debit),
+    ("hot_wait1", ["bench-hotw-0"], hot_wait_debit),
+    ("spread_wait1", [f"bench-sprw-{i}" for i in range(SPREAD_ENTERPRISES)], spread_wait_debit),
 )
 
 
@@ -276,7 +297,7 @@ def line(o: Outcome) -> str:
     total = o.granted + o.warmup_granted
     verdict = "valid" if o.valid else f"INVALID: {'; '.join(o.problems())}"
     return (
-        f"{o.name:<9}{o.rate:>12,.0f} debits/s   granted {o.granted:,} in {o.seconds:.2f} s"
+        f"{o.name:<13}{o.rate:>12,.0f} debits/s   granted {o.granted:,} in {o.seconds:.2f} s"
         f"   used {o.used:,} vs granted {total:,} (warm-up incl.)"
         f"   refused {o.refused} errors {o.errors}   {verdict}"
     )
@@ -301,6 +322,9 @@ def summary(outcomes: Sequence[Outcome], config: Config, loop: str) -> dict[str,
     result["targets_met"] = {
         key: value is not None and value >= target for key, (value, target) in ratios.items()
     }
+    # The cost of wait_replicas = 1: the rate with WAIT over the rate without.
+    result["wait1_hot_ratio"] = ratio(by_name["hot_wait1"], by_name["hot"])
+    result["wait1_spread_ratio"] = ratio(by_name["spread_wait1"], by_name["spread"])
     result.update(
         valid=all(o.valid for o in outcomes),
         quick=config.quick,
@@ -320,6 +344,10 @@ def print_ratios(result: dict[str, Any]) -> None:
         shown = "invalid" if value is None else f"{value:.2f}"
         met = "met" if result["targets_met"][key] else "NOT met"
         print(f"{key:<13}= {shown:>7}   target >= {target:g}   {met}")
+    for key in ("wait1_hot_ratio", "wait1_spread_ratio"):
+        value = result[key]
+        shown = "invalid" if value is None else f"{value:.2f}"
+        print(f"{key:<19}= {shown:>7}   (wait_replicas = 1 over none; no target)")
     print("all scenarios valid" if result["valid"] else "INVALID run: see the scenarios above")
 
 
@@ -339,7 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{config.seconds:g} s per scenario, {loop}",
         flush=True,
     )
-    with RedisServer() as server, asyncio.Runner(loop_factory=factory) as runner:
+    with (
+        RedisServer() as server,
+        RedisServer(replica_of=server),  # for the wait scenarios' WAIT 1
+        asyncio.Runner(loop_factory=factory) as runner,
+    ):
         port = server.port
         outcomes = runner.run(run_all(port, config, lambda text: print(text, flush=True)))
     result = summary(outcomes, config, loop)

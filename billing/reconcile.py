@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.db import Database
@@ -27,6 +28,15 @@ from metering import BalanceStore
 from metering.buckets import BucketStatus, from_ms
 
 log = logging.getLogger("pvgate.reconcile")
+
+DIFFERENCES = Counter(
+    "pvgate_billing_reconciliation_differences_total",
+    "Buckets whose ledger usage differed from Redis's used, booked by reconciliation.",
+)
+BOOKED_PV = Counter(
+    "pvgate_billing_reconciliation_booked_pv_total",
+    "PV booked by reconciliation rows (the size of each difference, whatever its sign).",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +130,7 @@ async def reconcile(
     return steady
 
 
-async def _book(db: Database, steady: Iterable[Difference]) -> None:
+async def _book(db: Database, steady: list[Difference]) -> None:
     now = datetime.now(UTC)
     async with db.begin() as conn:
         for d in steady:
@@ -140,6 +150,13 @@ async def _book(db: Database, steady: Iterable[Difference]) -> None:
                     ),
                 )
             )
+    for d in steady:  # counted once the rows are committed
+        log.warning(
+            "reconciliation booked %+d PV for %s/%s", d.delta, d.enterprise_id, d.bucket_id,
+            extra={"enterprise": d.enterprise_id, "bucket": d.bucket_id, "delta_pv": d.delta},
+        )  # fmt: skip
+        DIFFERENCES.inc()
+        BOOKED_PV.inc(abs(d.delta))
 
 
 async def record_expirations(db: Database, store: BalanceStore, *, grace: timedelta) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -139,10 +140,31 @@ async def _pubsub_connection(client: RedisClient) -> AsyncIterator[Redis]:
     """A plain connection for SUBSCRIBE: on a cluster, to any node (PUBLISH reaches all)."""
     if isinstance(client, RedisCluster):
         node = client.get_random_node()
-        conn = Redis(host=node.host, port=int(node.port), decode_responses=True)
+        conn = Redis(host=node.host, port=int(node.port), **_node_kwargs(client))
         try:
             yield conn
         finally:
             await conn.aclose()
     else:
         yield client
+
+
+_NODE_KEYS = (
+    "username",
+    "password",
+    "decode_responses",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+
+
+def _node_kwargs(client: RedisCluster) -> dict[str, Any]:
+    """The credentials and TLS of the cluster client, for a connection of our own."""
+    given = client.get_connection_kwargs()
+    kwargs = {k: given[k] for k in _NODE_KEYS if given.get(k) is not None}
+    if "SSL" in getattr(given.get("connection_class"), "__name__", ""):
+        kwargs["ssl"] = True
+    return kwargs

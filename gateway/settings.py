@@ -34,12 +34,19 @@ def split_address(value: str, what: str) -> tuple[str, int]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RedisSection(RedisSettings):
-    """Where Redis is (`RedisSettings`), plus the deadline of a page view's debit."""
+    """Where Redis is (`RedisSettings`), the deadline of a page view's debit, and how many
+    replicas must have a debit before its page is served (``WAIT``; 0: none)."""
 
     timeout_ms: int = 50
+    wait_replicas: int = 0
 
     def __post_init__(self) -> None:
+        RedisSettings.__post_init__(self)  # slots dataclasses lose zero-argument super()
         _positive(self, "timeout_ms", "max_connections", "socket_timeout")
+        if self.wait_replicas < 0:
+            raise ValueError("wait_replicas must be >= 0")
+        if self.wait_replicas and self.cluster_nodes:
+            raise ValueError("wait_replicas is not supported with cluster_nodes")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -73,7 +73,9 @@ async def gateway_engine(settings: GatewaySettings) -> AsyncIterator[tuple[Engin
     await sites.start()
     usage = UsageRecorder(client, settings.identity(), interval=settings.usage_flush_ms / 1000)
     await usage.start()
-    meter = Meter(client, timeout=settings.redis.timeout_ms / 1000)
+    meter = Meter(
+        client, timeout=settings.redis.timeout_ms / 1000, wait_replicas=settings.redis.wait_replicas
+    )
     try:
         await meter.prepare()  # no NOSCRIPT round trips on the first page views
     except redis_errors.RedisError as exc:

@@ -55,13 +55,14 @@ from redis.asyncio import Redis
 from metering import scripts
 from metering.buckets import Debit, Refusal
 from metering.deadline import Deadline, Waiters, fail
-from metering.errors import MeterError, MeterNotSent
+from metering.errors import MeterError, MeterNotSent, MeterTimeout
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
 from metering.metrics import METER_BATCH_SIZE, METER_DURATION
-from metering.pipe import PipeTarget, RedisPipe, pack_head
-from metering.rounds import Calls, ClientRounds
+from metering.pipe import PipeTarget, RedisPipe, pack, pack_head
+from metering.rounds import Calls, ClientRounds, Sent, waited
 from metering.scripts import RedisClient
+from metering.sentinel import SentinelMaster
 from metering.store import parse_debit
 
 log = logging.getLogger("pvgate.meter")
@@ -100,11 +101,14 @@ class Meter:
         max_batch: int = 256,
         max_pipeline: int = 64,
         max_inflight: int = 2,
+        wait_replicas: int = 0,
     ) -> None:
         if timeout <= 0 or min(max_batch, max_pipeline, max_inflight) < 1:
             raise ValueError("timeout, max_batch, max_pipeline and max_inflight must be positive")
         self._client = client
-        self._rounds = ClientRounds(client)
+        # WAIT returns within half the deadline, so that a replica that lags only shows.
+        self._wait = (wait_replicas, max(1, int(timeout * 500))) if wait_replicas else None
+        self._rounds = ClientRounds(client, self._wait)
         self._timeout = timeout
         self._max_batch = max_batch
         self._max_pipeline = max_pipeline
@@ -123,6 +127,8 @@ class Meter:
         self._lag: LoopLag | None = None
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        if isinstance(client, SentinelMaster):
+            client.on_switch(self._master_moved)
 
     async def debit(self, enterprise_id: str) -> DebitResult:
         """Take one PV for a page view of ``enterprise_id``.
@@ -155,6 +161,12 @@ class Meter:
             # Runs after every callback already ready in this turn has queued its debit.
             loop.call_soon(self._flush)
         return future
+
+    def _master_moved(self) -> None:
+        """A failover: the pipe's server is no master now; connect to the new one at once."""
+        if self._pipe is not None:
+            self._pipe.abort()
+        self._next_connect = 0.0
 
     def _on_pipe(self) -> bool:
         pipe = self._pipe
@@ -235,6 +247,8 @@ class Meter:
         """The usual round: one write on the pipe; the replies resolve it in a callback."""
         calls = self._calls(group)
         packed = b"".join(self._debit_command(e, n) for e, n in calls)
+        if self._wait is not None:
+            packed += pack("WAIT", *self._wait)
         started = time.perf_counter()
         # A round still unanswered at the reply limit means a stuck connection: drop it.
         deadline = self._deadline(group, len(calls), round_, on_limit=pipe.abort)
@@ -242,33 +256,53 @@ class Meter:
         def done(result: list[Any] | BaseException) -> None:
             deadline.cancel()
             METER_DURATION.observe(time.perf_counter() - started)
+            durable = True
+            if not isinstance(result, BaseException):
+                result, durable = self._checked(pipe, result)
             if isinstance(result, BaseException):
                 if not deadline.fired:
-                    error = scripts.translate(result, f"debit of {len(calls)} batches")
+                    error = (
+                        result
+                        if isinstance(result, MeterNotSent)
+                        else scripts.translate(result, f"debit of {len(calls)} batches")
+                    )
                     for _, waiters in group:
                         fail(waiters, error)
                 self._end_round(round_, failed=True)
             elif any(isinstance(r, redis_errors.NoScriptError) for r in result):
-                self._spawn(self._recover(group, calls, result, round_))
+                self._spawn(self._recover(group, calls, (result, durable), round_))
             else:
-                self._resolve_group(group, result)
+                self._resolve_group(group, result, durable)
                 self._end_round(round_, failed=False)
 
-        pipe.send(packed, len(calls), done)
+        pipe.send(packed, len(calls) + (self._wait is not None), done)
+
+    def _checked(
+        self, pipe: RedisPipe, replies: list[Any]
+    ) -> tuple[list[Any] | MeterNotSent, bool]:
+        """The scripts' replies without WAIT's, and whether WAIT saw its replicas; for a
+        failover seen in them, the error instead."""
+        durable = self._wait is None or waited(replies.pop(), self._wait[0])
+        if any(isinstance(r, redis_errors.ReadOnlyError) for r in replies):
+            # This node is a replica now.  The scripts did not run; the pipe connects
+            # again, to the master the sentinels name.
+            pipe.abort()
+            return MeterNotSent("Redis is read-only: the master has moved"), durable
+        return replies, durable
 
     async def _recover(
-        self, group: Sequence[tuple[str, Waiters]], calls: Calls, replies: list[Any], r: _Round
+        self, group: Sequence[tuple[str, Waiters]], calls: Calls, sent: Sent, r: _Round
     ) -> None:
         """NOSCRIPT on the pipe: reload, re-send those calls through the client."""
         try:
-            replies = await self._rounds.retry_noscript(calls, replies)
+            sent = await self._rounds.retry_noscript(calls, sent)
         except Exception as exc:  # no waiter may be left hanging
             error = scripts.translate(exc, f"debit of {len(calls)} batches")
             for _, waiters in group:
                 fail(waiters, error)
             self._end_round(r, failed=True)
             return
-        self._resolve_group(group, replies)
+        self._resolve_group(group, *sent)
         self._end_round(r, failed=False)
 
     def _debit_command(self, enterprise_id: str, n: int) -> bytes:
@@ -346,7 +380,7 @@ class Meter:
             # reply that comes late still reaches _resolve, which gives back the PV it
             # took for waiters already told "timeout" — instead of Redis keeping them.
             async with asyncio.timeout(self._reply_limit):
-                replies = await self._rounds.retry_noscript(calls, await self._rounds.send(calls))
+                sent = await self._rounds.retry_noscript(calls, await self._rounds.send(calls))
         except Exception as exc:  # whatever the client raised, no waiter may be left hanging
             deadline.cancel()
             if not deadline.fired:
@@ -357,12 +391,22 @@ class Meter:
         finally:
             deadline.cancel()
             METER_DURATION.observe(time.perf_counter() - started)
-        self._resolve_group(group, replies)
+        self._resolve_group(group, *sent)
         return False
 
     # Replies -----------------------------------------------------------------------------
 
-    def _resolve_group(self, group: Sequence[tuple[str, Waiters]], replies: Sequence[Any]) -> None:
+    def _resolve_group(
+        self, group: Sequence[tuple[str, Waiters]], replies: Sequence[Any], durable: bool = True
+    ) -> None:
+        if not durable:
+            # WAIT saw fewer replicas than wanted: a failover could forget these debits,
+            # so their pages are not served as paid for, and _resolve gives the PV back
+            # (docs/architecture.md §10).
+            assert self._wait is not None
+            error = MeterTimeout(f"fewer than {self._wait[0]} replicas confirmed the debits")
+            for _, waiters in group:
+                fail(waiters, error)
         index = 0
         for enterprise_id, waiters in group:
             count = -(-len(waiters) // self._max_batch)

@@ -17,7 +17,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -45,7 +45,12 @@ def pack_head(total: int, *args: bytes | str | int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class PipeTarget:
-    """Where and how to connect: what a redis-py connection pool was configured with."""
+    """Where and how to connect: what a redis-py connection pool was configured with.
+
+    A Sentinel-managed client has no fixed address: ``discover`` asks the sentinels for
+    the master's each time the pipe connects, so that after a failover it reconnects to
+    the new master.
+    """
 
     host: str
     port: int
@@ -53,24 +58,27 @@ class PipeTarget:
     username: str | None = None
     password: str | None = None
     tls: ssl.SSLContext | None = None
+    discover: Callable[[], Awaitable[tuple[str, int]]] | None = None
 
     @classmethod
     def of(cls, client: Redis) -> PipeTarget | None:
         """The target of a single-node client, or None (a Unix socket, say: not supported)."""
-        kwargs = client.connection_pool.connection_kwargs
-        if "host" not in kwargs or "path" in kwargs:
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        discover = getattr(pool, "get_master_address", None)  # a SentinelConnectionPool
+        if "path" in kwargs or ("host" not in kwargs and discover is None):
             return None
         tls = None
-        connection_class = client.connection_pool.connection_class
-        if getattr(connection_class, "__name__", "") == "SSLConnection":
+        if "SSL" in getattr(pool.connection_class, "__name__", ""):
             tls = _tls_context(kwargs)
         return cls(
-            host=kwargs["host"],
+            host=kwargs.get("host", ""),
             port=int(kwargs.get("port", 6379)),
             db=int(kwargs.get("db", 0) or 0),
             username=kwargs.get("username"),
             password=kwargs.get("password"),
             tls=tls,
+            discover=discover if "host" not in kwargs else None,
         )
 
 
@@ -85,6 +93,17 @@ def _tls_context(kwargs: dict[str, Any]) -> ssl.SSLContext:
     elif not kwargs.get("ssl_check_hostname", True):
         context.check_hostname = False
     return context
+
+
+def _typed(reply: redis_errors.ResponseError) -> redis_errors.ResponseError:
+    """The error reply as redis-py's class for it: the Meter tells NOSCRIPT (load the
+    script, send again) and READONLY (a failover: the master moved) from the others."""
+    text = str(reply)
+    if text.startswith("NOSCRIPT"):
+        return redis_errors.NoScriptError(text)
+    if text.startswith("READONLY"):
+        return redis_errors.ReadOnlyError(text)
+    return reply
 
 
 class RedisPipe(asyncio.Protocol):
@@ -104,12 +123,15 @@ class RedisPipe(asyncio.Protocol):
         The caller bounds the time it may take (``asyncio.timeout``).
         """
         loop = asyncio.get_running_loop()
+        host, port = target.host, target.port
+        if target.discover is not None:
+            host, port = await target.discover()
         _, pipe = await loop.create_connection(
             cls,
-            target.host,
-            target.port,
+            host,
+            port,
             ssl=target.tls,
-            server_hostname=target.host if target.tls else None,
+            server_hostname=host if target.tls else None,
         )
         handshake: list[bytes] = []
         if target.password is not None:
@@ -166,8 +188,8 @@ class RedisPipe(asyncio.Protocol):
             reply = reader.gets()
             if reply is False:
                 return
-            if isinstance(reply, redis_errors.ResponseError) and str(reply).startswith("NOSCRIPT"):
-                reply = redis_errors.NoScriptError(str(reply))
+            if isinstance(reply, redis_errors.ResponseError):
+                reply = _typed(reply)
             wanted, replies, done = rounds[0]
             replies.append(reply)
             if len(replies) == wanted:

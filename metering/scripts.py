@@ -16,7 +16,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from metering.errors import MeterTimeout, MeterUnavailable, ScriptFailed
+from metering.errors import MeterNotSent, MeterTimeout, MeterUnavailable, ScriptFailed
 from metering.metrics import REDIS_ERRORS
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
@@ -55,6 +55,9 @@ def translate(exc: BaseException, what: str) -> Exception:
     if isinstance(exc, TimeoutError | redis_errors.TimeoutError):
         REDIS_ERRORS.labels("timeout").inc()
         return MeterTimeout(f"{what}: Redis did not answer in time")
+    if isinstance(exc, redis_errors.ReadOnlyError):  # a failover: refused, nothing ran
+        REDIS_ERRORS.labels("readonly").inc()
+        return MeterNotSent(f"{what}: Redis is read-only: the master has moved")
     if isinstance(exc, redis_errors.ResponseError) and not isinstance(
         exc, redis_errors.NoScriptError | redis_errors.ClusterError
     ):

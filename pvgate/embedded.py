@@ -16,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -75,10 +77,30 @@ def free_port(cluster: bool = False) -> int:
     raise RuntimeError("no free loopback port found")
 
 
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """Certificate files for a TLS Redis (tests make them with trustme)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """What a server asks of its clients: a password (``requirepass``), TLS only, and
+    with ``client_certs`` a certificate signed by the CA."""
+
+    password: str | None = None
+    tls: Tls | None = None
+    client_certs: bool = False
+
+
 class RedisServer:
     """One redis-server process; can be killed and started again on the same address.
 
-    Use as a context manager, or call `start` and `stop`.
+    Use as a context manager, or call `start` and `stop`.  With ``security`` it serves
+    TLS only and/or wants a password; with ``replica_of`` it replicates that server.
     """
 
     def __init__(
@@ -88,15 +110,17 @@ class RedisServer:
         cluster: bool = False,
         directory: Path | None = None,
         aof_name: str | None = None,
+        security: Security | None = None,
+        replica_of: RedisServer | None = None,
     ):
         self.port = free_port(cluster)
         self.host = "127.0.0.1"
+        self.security = security or Security()
         self.dir = directory or Path(tempfile.mkdtemp(prefix="pvgate-redis-"))
         self._owns_dir = directory is None
         self.args = [
             redis_server_binary(),
-            "--port",
-            str(self.port),
+            *self._listen_args(cluster),
             "--bind",
             self.host,
             "--dir",
@@ -130,11 +154,43 @@ class RedisServer:
                 "--cluster-node-timeout",
                 "1000",
             ]
+        if replica_of is not None:
+            self.args += ["--replicaof", replica_of.host, str(replica_of.port)]
+        # A replica's first sync starts at once rather than after the default 5 s.
+        self.args += ["--repl-diskless-sync-delay", "0"]
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _listen_args(self, cluster: bool) -> list[str]:
+        security = self.security
+        args = []
+        if security.password:
+            args += ["--requirepass", security.password, "--masterauth", security.password]
+        if security.tls is None:
+            return [*args, "--port", str(self.port)]
+        tls = security.tls
+        clients = "yes" if security.client_certs else "optional"
+        args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(tls.cert),
+                 "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca),
+                 "--tls-auth-clients", clients, "--tls-replication", "yes"]  # fmt: skip
+        return [*args, "--tls-cluster", "yes"] if cluster else args
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        scheme = "rediss" if self.security.tls else "redis"
+        password = f":{self.security.password}@" if self.security.password else ""
+        return f"{scheme}://{password}{self.host}:{self.port}/0"
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """What a redis-py client of this server needs: password, TLS."""
+        kwargs: dict[str, Any] = {}
+        if self.security.password:
+            kwargs["password"] = self.security.password
+        tls = self.security.tls
+        if tls:
+            kwargs.update(ssl=True, ssl_ca_certs=str(tls.ca))
+            if self.security.client_certs:  # the server's own certificate will do
+                kwargs.update(ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key))
+        return kwargs
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         # A session of its own: Ctrl-C in a terminal reaches the owner, which stops this
@@ -165,7 +221,13 @@ class RedisServer:
         self.stop()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            socket_timeout=2,
+            decode_responses=True,
+            **self.client_kwargs(),
+        )
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final fsync beyond what AOF already wrote."""
@@ -191,9 +253,13 @@ class RedisServer:
 class RedisClusterServers:
     """Three masters, no replicas, every slot assigned (the CLUSTER commands, no redis-cli)."""
 
-    def __init__(self, size: int = 3, *, aof: bool = False):
+    def __init__(self, size: int = 3, *, aof: bool = False, security: Security | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="pvgate-cluster-"))
-        self.nodes = [RedisServer(cluster=True, aof=aof, directory=self.dir) for _ in range(size)]
+        self.security = security or Security()
+        self.nodes = [
+            RedisServer(cluster=True, aof=aof, directory=self.dir, security=security)
+            for _ in range(size)
+        ]
 
     @property
     def startup_nodes(self) -> list[tuple[str, int]]:

@@ -23,7 +23,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from billing.db import Database, scratch_database
 from metering.scripts import RedisClient
-from pvgate.embedded import RedisClusterServers, RedisServer
+from pvgate.embedded import RedisClusterServers, RedisServer, redis_server_binary
+from tests.tls import Pki
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,6 +52,41 @@ def redis_cluster() -> Iterator[RedisClusterServers]:
     cluster = RedisClusterServers().start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a certificate for the servers on 127.0.0.1, one for a client (tests/tls.py)."""
+    return Pki.make(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def tls_node(pki: Pki) -> Iterator[RedisServer]:
+    """A node that speaks TLS only and wants a password."""
+    server = RedisServer(security=pki.security())
+    _start_tls(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(pki: Pki) -> Iterator[RedisClusterServers]:
+    """A cluster whose nodes (and bus) speak TLS only and want a password."""
+    cluster = RedisClusterServers(security=pki.security())
+    _start_tls(cluster)
+    yield cluster
+    cluster.stop()
+
+
+def _start_tls(servers: RedisServer | RedisClusterServers) -> None:
+    """Start them, or skip saying why when this redis-server was built without TLS."""
+    try:
+        servers.start()
+    except RuntimeError as exc:
+        servers.stop()
+        if "tls" in str(exc).lower():
+            pytest.skip(f"{redis_server_binary()} cannot serve TLS: {str(exc)[-300:]}")
+        raise
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from billing.audit import SystemAuditor
@@ -27,6 +28,10 @@ from tests.billing.support import (
     redis_used,
     rows,
 )
+
+
+def sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
 
 
 async def gateway_traffic(
@@ -54,11 +59,15 @@ async def test_usage_of_a_gateway_that_died_before_its_last_flush_is_booked_once
     await recorder.flush()
     await gateway_traffic(store, recorder, 55)  # recorded, never flushed: the gateway died
     consumer = UsageConsumer(db, redis, "c1", block_ms=50)
+    counted = (sample("pvgate_billing_reconciliation_differences_total"),
+               sample("pvgate_billing_reconciliation_booked_pv_total"))  # fmt: skip
 
     booked = await reconcile(db, store, settle=0.2, drain=consumer.drain)
     assert [(d.bucket_id, d.ledger_used, d.redis_used, d.delta) for d in booked] == [
         (bucket_id, 700, 755, 55)
     ]
+    assert sample("pvgate_billing_reconciliation_differences_total") == counted[0] + 1
+    assert sample("pvgate_billing_reconciliation_booked_pv_total") == counted[1] + 55
     [row] = await rows(db, reconciliations)
     assert (row["enterprise_id"], row["bucket_id"], row["delta_pv"]) == (ENT, bucket_id, 55)
     assert (row["ledger_used"], row["redis_used"]) == (700, 755)
