@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -172,10 +172,13 @@ class UsageConsumer:
         block_ms: int = 500,  # below the client socket timeout (1 s)
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
+        on_batch: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.db, self.client, self.name = db, client, name
         self.count, self.block_ms = count, block_ms
         self.claim_idle_ms, self.max_deliveries = claim_idle_ms, max_deliveries
+        # Told, after each commit, the enterprises the batch touched (alerts evaluate them).
+        self.on_batch = on_batch
 
     async def ensure_group(self) -> None:
         try:
@@ -259,6 +262,8 @@ class UsageConsumer:
             log.error("usage batch of %d entries not recorded: %s", len(entries), exc)
             return None
         await self.client.xack(USAGE_STREAM, GROUP, *(e.stream_id for e in entries))
+        if self.on_batch is not None:
+            self.on_batch({row[0] for e in entries for row in e.rows})
         ENTRIES.labels("recorded").inc(written)
         ENTRIES.labels("duplicate").inc(len(entries) - written)
         USAGE_LAG.set(max(0.0, time.time() - max(e.ts for e in entries) / 1000))

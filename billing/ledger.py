@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.errors import NotFound
+from billing.interop import licences
+from billing.interop.records import InteropOrderRow, LicenceBatchRow
 from billing.rows import (
     EnterpriseRow,
     GiftRow,
@@ -58,6 +60,9 @@ class OrderState:
     lines: tuple[OrderLineRow, ...]
     packages: tuple[PackageRow, ...]
     gifts: tuple[GiftRow, ...]
+    # An interop order's terms, and its licence batch once paid (docs/rules.md §1.2).
+    terms: InteropOrderRow | None = None
+    licence: LicenceBatchRow | None = None
 
     @property
     def status(self) -> Literal["pending_payment", "paid"]:
@@ -94,7 +99,10 @@ async def get_order(conn: AsyncConnection, order_id: str) -> OrderState:
     gift_rows = await conn.execute(
         sa.select(gifts).where(gifts.c.order_id == order_id).order_by(gifts.c.granted_at)
     )
+    interop = order.kind == "interop"
     return OrderState(
+        terms=await licences.order_terms(conn, order_id) if interop else None,
+        licence=await licences.order_batch(conn, order_id) if interop else None,
         order=OrderRow.from_row(order),
         payment=None if payment is None else PaymentRow.from_row(payment),
         invoice=InvoiceState(last_invoice or "none"),

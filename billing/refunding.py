@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from billing.audit import Auditor
 from billing.db import Database
-from billing.errors import Conflict, ValidationFailed
+from billing.errors import Conflict, InteropNotRefundable, ValidationFailed
 from billing.ledger import RECHARGE_ID_PREFIX, OrderState, get_enterprise, get_order
 from billing.operations import new_id
 from billing.rows import EnterpriseRow, RefundLineRow, RefundRequestRow
@@ -144,6 +144,8 @@ async def quote(
     async with db.engine.connect() as conn:
         state = await get_order(conn, order_id)
         enterprise = await get_enterprise(conn, state.order.enterprise_id)
+    if state.order.kind == OrderKind.INTEROP:  # paid or not, before anything else (§6)
+        raise InteropNotRefundable()
     if state.payment is None:
         raise Conflict(f"order {order_id!r} is not paid: nothing to refund")
     snapshot = await store.snapshot(enterprise.id)

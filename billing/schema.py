@@ -320,3 +320,108 @@ audit_log = sa.Table(
     sa.Column("reason", sa.String(500), nullable=False, default=""),
     sa.Column("request_id", sa.String(64), nullable=False, default=""),
 )
+
+# Alerts (docs/rules.md §4, docs/architecture.md §5): settings and channels per enterprise,
+# the state per (enterprise, kind, subject) that one conditional UPDATE flips, and the
+# transactional outbox — an event and one delivery per channel, each attempt recorded.
+
+alert_settings = sa.Table(
+    "alert_settings",
+    metadata,
+    sa.Column("enterprise_id", sa.String(64), sa.ForeignKey("enterprises.id"), primary_key=True),
+    sa.Column("threshold_pv", Count, nullable=False),  # 0: no low-balance alert
+    sa.Column("expiry_reminder_days", sa.JSON, nullable=False),
+    # Bumped by every change: an evaluator holding an older version flips no state.
+    sa.Column("version", sa.Integer, nullable=False),
+    _at("next_due_at", nullable=True),  # when a time-driven kind may change next
+    _at("updated_at"),
+    sa.CheckConstraint("threshold_pv >= 0", name="threshold_pv"),
+)
+
+alert_channels = sa.Table(
+    "alert_channels",
+    metadata,
+    _id(),
+    sa.Column(
+        "enterprise_id", sa.String(64), sa.ForeignKey("enterprises.id"), nullable=False, index=True
+    ),
+    sa.Column("type", sa.String(16), nullable=False),  # webhook | wecom_robot | wecom_app
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("config", sa.JSON, nullable=False),  # the fields that are not secret
+    # The webhook's signing secret, the robot's key or the app's secret: never shown in full.
+    sa.Column("secret", sa.String(256), nullable=False),
+    sa.Column("previous_secret", sa.String(256), nullable=True),  # during a rotation overlap
+    _at("previous_secret_until", nullable=True),
+    sa.Column("disabled_reason", sa.String(500), nullable=False, default=""),
+    _at("created_at"),
+    _at("updated_at"),
+)
+
+alert_states = sa.Table(
+    "alert_states",
+    metadata,
+    sa.Column("enterprise_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.String(200), primary_key=True),  # "" for enterprise-wide kinds
+    sa.Column("state", sa.String(64), nullable=False),
+    sa.Column("observed_ms", sa.BigInteger, nullable=False),  # the observation that set it
+    _at("changed_at"),
+)
+
+alert_events = sa.Table(
+    "alert_events",
+    metadata,
+    _id(),  # the receiver's de-duplication key: webhook-id
+    sa.Column("enterprise_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("subject", sa.String(200), nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    _at("occurred_at"),
+    _at("created_at"),
+    sa.Index(None, "enterprise_id", "occurred_at"),
+)
+
+alert_deliveries = sa.Table(
+    "alert_deliveries",
+    metadata,
+    _id(),
+    sa.Column(
+        "event_id", sa.String(64), sa.ForeignKey("alert_events.id"), nullable=False, index=True
+    ),
+    sa.Column("enterprise_id", sa.String(64), nullable=False),
+    sa.Column("channel_id", sa.String(64), nullable=False),
+    sa.Column("channel_type", sa.String(16), nullable=False),
+    sa.Column("target", sa.String(64), nullable=False),  # rate-limit key (a robot's key hash)
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | failed | disabled
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("schedule_pos", sa.Integer, nullable=False),  # failures since the last (re)start
+    _at("next_attempt_at"),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    _at("lease_until", nullable=True),
+    sa.Column("last_error", sa.String(500), nullable=False, default=""),
+    _at("sent_at", nullable=True),
+    _at("created_at"),
+    _at("updated_at"),
+    sa.Index(None, "status", "next_attempt_at"),
+)
+
+alert_attempts = sa.Table(
+    "alert_attempts",
+    metadata,
+    sa.Column("delivery_id", sa.String(64), sa.ForeignKey("alert_deliveries.id"), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("target", sa.String(64), nullable=False),
+    sa.Column("worker", sa.String(128), nullable=False),
+    _at("started_at"),
+    sa.Column("duration_ms", sa.Integer, nullable=True),  # NULL while in flight
+    # sent | retry | failed | disabled | interrupted (its worker died); NULL while in flight
+    sa.Column("outcome", sa.String(16), nullable=True),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.String(500), nullable=False, default=""),
+    sa.Column("response", sa.String(2000), nullable=False, default=""),  # an excerpt
+    sa.Index(None, "target", "started_at"),
+)
+
+# The interop and WeCom relay tables (docs/rules.md §1.2) are their package's, on this metadata;
+# imported last, so the schema is whole wherever this module is imported.
+from billing.interop import tables as _interop_tables  # noqa: E402, F401

@@ -3,6 +3,8 @@
 ``pvgate billing`` serves the admin API (default port 8081) and Prometheus metrics (9101),
 consumes ``pvgate:usage`` as one member of the consumer group, and every
 ``reconcile.interval_s`` reconciles the ledger with Redis and records expired buckets.
+Alerts (`billing.alerts.service.Alerts`) evaluate after each committed usage batch and
+deliver beside the consumer.
 It refuses to start on an out-of-date ledger schema (``pvgate migrate`` first).
 """
 
@@ -21,12 +23,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from billing import reconcile
+from billing.alerts import REGISTRY as ALERT_KINDS
+from billing.alerts.service import Alerts
 from billing.api.app import create_admin_app
 from billing.api.routes import business_api
 from billing.api.server import AdminRunner
-from billing.api.services import SETTINGS, SITE_REGISTRY, STORE
+from billing.api.services import ALERTS, SETTINGS, SITE_REGISTRY, STORE
 from billing.consumer import UsageConsumer
 from billing.db import Database
+from billing.interop.service import install_interop
 from billing.settings import BillingSettings
 from metering import BalanceStore
 from metering.logs import configure_logging
@@ -43,12 +48,18 @@ def build_app(settings: BillingSettings, db: Database, client: RedisClient) -> w
     app[STORE] = store
     app[SETTINGS] = settings
     app[SITE_REGISTRY] = SiteRegistry(client)
-    app.cleanup_ctx.append(_background(settings, db, client, store))
+    app[ALERTS] = alerts = Alerts.create(settings, db, store, ALERT_KINDS)
+    app.cleanup_ctx.append(_background(settings, db, client, store, alerts))
+    install_interop(app, settings, db)  # its runtime, the WeCom callback, the expiry job
     return app
 
 
 def _background(
-    settings: BillingSettings, db: Database, client: RedisClient, store: BalanceStore
+    settings: BillingSettings,
+    db: Database,
+    client: RedisClient,
+    store: BalanceStore,
+    alerts: Alerts,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def run(app: web.Application) -> AsyncIterator[None]:
         name = settings.consumer.name or f"{socket.gethostname()}-{os.getpid()}"
@@ -59,17 +70,20 @@ def _background(
             count=settings.consumer.count,
             claim_idle_ms=settings.consumer.claim_idle_ms,
             max_deliveries=settings.consumer.max_deliveries,
+            on_batch=alerts.evaluator.touch,  # alerts: evaluated right after each commit
         )
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(consumer.run(stop)),
             asyncio.create_task(_jobs(settings, db, store, consumer, stop)),
+            asyncio.create_task(alerts.run(stop)),  # evaluator, delivery worker, scheduler
         ]
         yield
         stop.set()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, 5)
+        await alerts.close()
 
     return run
 

@@ -109,6 +109,25 @@ def _add_billing_commands(commands: Any) -> None:
     token.add_argument("--label", default="", help="what the token is for")
     reconcile = billing_command("reconcile", "reconcile the ledger with Redis once", _reconcile)
     reconcile.add_argument("--settle", type=float, default=5.0, help="seconds between reads")
+    _add_wecom_send(commands)
+
+
+def _wecom_send(args: argparse.Namespace) -> int:
+    from billing.wecom.sender import run_wecom_send
+
+    return run_wecom_send(args)
+
+
+def _add_wecom_send(commands: Any) -> None:
+    # Issue 10: one signed, encrypted WeCom event to a running demo, and its relay received.
+    send = commands.add_parser("wecom-send", help="send one WeCom event and watch its relay")
+    send.add_argument("--admin", default="http://127.0.0.1:8081", help="billing's admin URL")
+    send.add_argument("--token", required=True, help="an ops token (the demo prints one)")
+    send.add_argument("--enterprise", default="demo-shop")
+    send.add_argument("--userid", default="demo.member", help="the WeCom member it names")
+    send.add_argument("--listen", default="127.0.0.1:0", help="the receiver (port 0: any)")
+    send.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the relay")
+    send.set_defaults(sync=_wecom_send)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -2,9 +2,11 @@
 
 A Redis server from the bundled binary, a SQLite ledger, a sample origin serving a real
 landing page (HTML, CSS, JS, an image), the billing service and the gateway, with one
-enterprise seeded with a small gift balance and its site approved.  It prints where to
-look and an ops token for the admin API, and runs until Ctrl-C.  State lives in
-``--dir`` (default ``.pvgate-demo``), so a second run continues where the first stopped.
+enterprise seeded with a small gift balance and its site approved, and a low-balance alert
+by webhook to a receiver the demo runs, which prints each alert it verifies
+(`pvgate.demo_alerts`).  It prints where to look and an ops token for the admin API, and
+runs until Ctrl-C.  State lives in ``--dir`` (default ``.pvgate-demo``), so a second run
+continues where the first stopped.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from metering import BalanceStore
 from metering.connection import RedisSettings
 from metering.logs import configure_logging
 from metering.sites import Site, SiteRegistry, SiteStatus
+from pvgate import demo_alerts
 from pvgate.embedded import RedisServer, free_port
 from pvgate.run import run_together
 
@@ -133,6 +136,7 @@ async def _run(args: argparse.Namespace, workdir: Path, redis: RedisServer) -> i
         database_url=f"sqlite:///{workdir / 'ledger.db'}",
         redis=RedisSettings(url=redis.url),
         log_level="warning",
+        alerts=demo_alerts.DEMO_ALERTS,
     )
     gateway = GatewaySettings(
         listen=args.listen,
@@ -140,6 +144,8 @@ async def _run(args: argparse.Namespace, workdir: Path, redis: RedisServer) -> i
         redis=RedisSection(url=redis.url),
         log_level="warning",
     )
+    receiver = demo_alerts.AlertReceiver()
+    await receiver.start()
     db = Database(billing.database_url)
     try:
         await db.migrate()
@@ -148,17 +154,19 @@ async def _run(args: argparse.Namespace, workdir: Path, redis: RedisServer) -> i
             await _seed(db, BalanceStore(client), SiteRegistry(client), origin, args.gift_pv)
         finally:
             await client.aclose()
+        await demo_alerts.configure(db, ENTERPRISE, receiver, args.gift_pv)
         _, token = await create_token(db, "ops", "demo")
     finally:
         await db.dispose()
     try:
-        _banner(args, token)
+        _banner(args, token, demo_alerts.describe(receiver, args.gift_pv))
         return await run_together(gateway, billing)
     finally:
+        await receiver.stop()
         await origin_runner.cleanup()
 
 
-def _banner(args: argparse.Namespace, token: str) -> None:
+def _banner(args: argparse.Namespace, token: str, alerts: str) -> None:
     gateway = f"http://{args.listen.replace('127.0.0.1', 'localhost')}/"
     print(
         f"""
@@ -168,6 +176,7 @@ pvgate demo is running (Ctrl-C stops it; state in {args.dir})
   balance       curl -H 'Authorization: Bearer {token}' \\
                   http://{args.admin_listen}/v1/enterprises/{ENTERPRISE}/balance
   admin API     http://{args.admin_listen}/openapi.json
+  alerts        {alerts}
   metrics       http://{args.metrics_listen}/metrics
   ops token     {token}
 """,

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from billing import operations
+from billing.alerts import kinds as alert_causes
 from billing.api import services
 from billing.api.context import RequestContext
 from billing.api.framework import Api, ApiModel, BucketId, Id, QueryTime, Text, Timestamp
@@ -204,6 +205,7 @@ async def grant_gift(ctx: RequestContext, body: GiftIn, enterprise_id: Id) -> Gi
         tz=ctx.app[SETTINGS].timezone,
         gift_id=services.id_for_request(ctx, "gift"),
     )
+    await services.alerts_changed(ctx, enterprise_id, alert_causes.GIFT)
     return GiftOut.model_validate(row, from_attributes=True)
 
 
@@ -247,6 +249,7 @@ async def adjust(ctx: RequestContext, body: AdjustmentIn, enterprise_id: Id) -> 
         actor=ctx.principal.actor,
         adjustment_id=services.id_for_request(ctx, "adj"),
     )
+    await services.alerts_changed(ctx, enterprise_id, alert_causes.ADJUSTMENT)
     return AdjustmentOut.model_validate(row, from_attributes=True)
 
 

@@ -8,11 +8,13 @@ from typing import Literal
 from pydantic import Field, StrictBool, StrictInt
 
 from billing import operations, refunding
+from billing.alerts import kinds as alert_causes
 from billing.api import services
 from billing.api.context import RequestContext
 from billing.api.framework import Api, ApiModel, BucketId, Id, Text, Timestamp
 from billing.api.services import SETTINGS, STORE
 from billing.errors import ValidationFailed
+from billing.interop.rules import INTEROP_SKU
 from billing.ledger import OrderState
 from billing.rules.pricing import get_sku, quote_interop, quote_packages
 from billing.rules.refunds import RefundQuote
@@ -21,10 +23,30 @@ api = Api()
 
 
 class QuoteIn(ApiModel):
-    kind: Literal["pv", "interop"] = "pv"
-    sku: Text | None = Field(default=None, max_length=32, description="pv_1m or pv_3m (kind pv)")
-    quantity: StrictInt = Field(ge=1, le=10_000_000, description="packages, or interop accounts")
+    kind: Literal["pv", "interop"] | None = Field(default=None, description="default: by sku")
+    sku: Text | None = Field(
+        default=None, max_length=32, description="pv_1m, pv_3m, or wecom_interop"
+    )
+    quantity: StrictInt | None = Field(
+        default=None, ge=1, le=10_000_000, description="packages (or, kind interop, accounts)"
+    )
+    accounts: StrictInt | None = Field(
+        default=None, ge=1, le=10_000_000, description="interop accounts (sku wecom_interop)"
+    )
     years: StrictInt = Field(default=1, ge=1, le=10, description="interop only")
+
+    def interop_accounts(self) -> int | None:
+        """The accounts of an interop quote, None for a PV one; 400 for a mixed-up one."""
+        if self.kind != "interop" and self.sku != INTEROP_SKU:
+            if self.accounts is not None:
+                raise ValidationFailed("accounts", f"only for sku {INTEROP_SKU}")
+            return None
+        if self.kind == "pv" or self.sku not in (None, INTEROP_SKU):
+            raise ValidationFailed("sku", f"an interop quote has sku {INTEROP_SKU}")
+        given = {n for n in (self.accounts, self.quantity) if n is not None}
+        if len(given) != 1:
+            raise ValidationFailed("accounts", "give the number of accounts (once)")
+        return given.pop()
 
 
 class QuoteLineOut(ApiModel):
@@ -41,6 +63,7 @@ class QuoteOut(ApiModel):
     total_fen: int
     total_pv: int | None = None
     mode: str | None = None
+    years: int | None = None
     lines: list[QuoteLineOut]
 
 
@@ -49,7 +72,10 @@ class QuoteOut(ApiModel):
 )
 async def create_quote(ctx: RequestContext, body: QuoteIn) -> QuoteOut:
     """PV packages at 3 fen/PV, or interop accounts in the configured pricing mode."""
-    if body.kind == "pv":
+    accounts = body.interop_accounts()
+    if accounts is None:
+        if body.quantity is None:
+            raise ValidationFailed("quantity", "field required")
         quote = quote_packages(body.sku or "", body.quantity)
         return QuoteOut(
             kind="pv",
@@ -59,12 +85,13 @@ async def create_quote(ctx: RequestContext, body: QuoteIn) -> QuoteOut:
             lines=[QuoteLineOut.model_validate(x, from_attributes=True) for x in quote.lines],
         )
     mode = ctx.app[SETTINGS].interop_pricing
-    interop = quote_interop(body.quantity, body.years, mode)
+    interop = quote_interop(accounts, body.years, mode)
     return QuoteOut(
         kind="interop",
-        quantity=body.quantity,
+        quantity=accounts,
         total_fen=interop.total_fen,
         mode=mode,
+        years=body.years,
         lines=[QuoteLineOut.model_validate(x, from_attributes=True) for x in interop.lines],
     )
 
@@ -72,10 +99,38 @@ async def create_quote(ctx: RequestContext, body: QuoteIn) -> QuoteOut:
 class OrderIn(ApiModel):
     enterprise_id: Id
     id_type: Literal["qidian", "wecom"]
-    sku: Text = Field(min_length=1, max_length=32)
-    quantity: StrictInt = Field(ge=1, le=10_000)
+    sku: Text = Field(min_length=1, max_length=32, description="pv_1m, pv_3m or wecom_interop")
+    quantity: StrictInt | None = Field(default=None, ge=1, le=10_000, description="packages")
+    accounts: StrictInt | None = Field(
+        default=None, ge=1, le=10_000_000, description="interop accounts (sku wecom_interop)"
+    )
+    years: StrictInt | None = Field(default=None, ge=1, le=10, description="interop; default 1")
     agreement_accepted: StrictBool = Field(description="must be true (docs/rules.md §2)")
     voucher: Text | None = Field(default=None, max_length=64)
+
+    def counts(self) -> tuple[int, int]:
+        """(quantity — packages or accounts —, years); 400 for a field of the other kind."""
+        if self.sku != INTEROP_SKU:
+            get_sku(self.sku)
+            for name in ("accounts", "years"):
+                if getattr(self, name) is not None:
+                    raise ValidationFailed(name, f"only for sku {INTEROP_SKU}")
+            if self.quantity is None:
+                raise ValidationFailed("quantity", "field required")
+            return self.quantity, 1
+        if self.quantity is not None:
+            raise ValidationFailed("quantity", f"sku {INTEROP_SKU} takes accounts and years")
+        if self.accounts is None:
+            raise ValidationFailed("accounts", "field required")
+        return self.accounts, self.years or 1
+
+
+class LicenceOut(ApiModel):
+    id: str
+    accounts: int
+    years: int
+    valid_from: datetime
+    valid_until: datetime
 
 
 class PackageOut(ApiModel):
@@ -100,10 +155,14 @@ class OrderOut(ApiModel):
     lines: list[QuoteLineOut]
     packages: list[PackageOut]
     gift_ids: list[str]
+    years: int | None = None  # interop orders
+    mode: str | None = None  # interop orders: the pricing mode of the quote
+    licence: LicenceOut | None = None  # interop orders, once paid
 
 
 def order_out(state: OrderState) -> OrderOut:
     o = state.order
+    terms, licence = state.terms, state.licence
     return OrderOut(
         id=o.id,
         enterprise_id=o.enterprise_id,
@@ -117,6 +176,9 @@ def order_out(state: OrderState) -> OrderOut:
         lines=[QuoteLineOut.model_validate(x, from_attributes=True) for x in state.lines],
         packages=[PackageOut.model_validate(p, from_attributes=True) for p in state.packages],
         gift_ids=[g.id for g in state.gifts],
+        years=terms.years if terms else None,
+        mode=terms.mode if terms else None,
+        licence=LicenceOut.model_validate(licence, from_attributes=True) if licence else None,
     )
 
 
@@ -130,9 +192,11 @@ def order_out(state: OrderState) -> OrderOut:
     audit_action="order.create",
 )
 async def create_order(ctx: RequestContext, body: OrderIn) -> OrderOut:
-    """Refused with its own code: unverified, restricted industry, no agreement, voucher."""
+    """PV packages (quantity) or interop accounts (sku wecom_interop: accounts, years),
+    priced as quoted.  Refused with its own code: unverified, restricted industry, no
+    agreement, voucher, more than 10,000 accounts."""
     await services.visible_enterprise(ctx, body.enterprise_id)
-    get_sku(body.sku)
+    quantity, years = body.counts()
     state = await operations.create_order(
         ctx.db,
         ctx.audit,
@@ -140,9 +204,11 @@ async def create_order(ctx: RequestContext, body: OrderIn) -> OrderOut:
             enterprise_id=body.enterprise_id,
             id_type=body.id_type,
             sku=body.sku,
-            quantity=body.quantity,
+            quantity=quantity,
             agreement_accepted=body.agreement_accepted,
             voucher=body.voucher,
+            years=years,
+            mode=ctx.app[SETTINGS].interop_pricing,
         ),
     )
     return order_out(state)
@@ -183,6 +249,7 @@ async def pay_order(ctx: RequestContext, body: PaymentIn, order_id: Id) -> Order
         paid_at=paid_at,
         tz=ctx.app[SETTINGS].timezone,
     )
+    await services.alerts_changed(ctx, state.order.enterprise_id, alert_causes.PAYMENT)
     return order_out(state)
 
 
@@ -319,6 +386,7 @@ async def create_refund(ctx: RequestContext, body: RefundIn) -> RefundOut:
         now=datetime.now(UTC),
         tz=ctx.app[SETTINGS].timezone,
     )
+    await services.alerts_changed(ctx, result.enterprise_id, alert_causes.REFUND)
     return RefundOut(
         refund_id=result.refund_id,
         order_id=result.order_id,

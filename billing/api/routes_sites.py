@@ -134,7 +134,9 @@ async def put_site(ctx: RequestContext, body: SiteIn, host: Host) -> SiteOut:
         if taken:  # another tenant's site: the same answer as for any unseen object
             raise NotFound(f"site {site.key!r} not found")
     conf = ctx.app[SETTINGS].review
-    verdict = await review.review(site, enterprise.industry, conf.deny_words, conf.fetch_timeout_s)
+    verdict = await review.review(
+        site, enterprise.industry, conf.deny_words, conf.fetch_timeout_s, conf.allow_addresses
+    )
     if verdict.rejected:
         site = _site(host, body, SiteStatus.REJECTED)
     return await _save(ctx, site, verdict.note, before)

@@ -1,13 +1,16 @@
 """What the business routes share: their typed app state and the scope checks.
 
-`billing.service.build_app` sets `STORE`, `SETTINGS` and `SITE_REGISTRY` on the admin
-app; handlers read them as ``ctx.app[STORE]``.
+`billing.service.build_app` sets `STORE`, `SETTINGS`, `SITE_REGISTRY` and `ALERTS` on the
+admin app; handlers read them as ``ctx.app[STORE]``.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from aiohttp import web
 
+from billing.alerts.service import Alerts
 from billing.api.auth import fetch_visible_enterprise
 from billing.api.context import RequestContext
 from billing.errors import NotFound
@@ -21,6 +24,27 @@ from metering.sites import SiteRegistry
 STORE = web.AppKey("store", BalanceStore)
 SETTINGS = web.AppKey("settings", BillingSettings)
 SITE_REGISTRY = web.AppKey("site_registry", SiteRegistry)
+ALERTS = web.AppKey("alerts", Alerts)
+
+
+def now(ctx: RequestContext) -> datetime:
+    """The time of alert bookkeeping: the alerts' clock (tests drive it), else UTC now."""
+    alerts = ctx.app.get(ALERTS)
+    return alerts.clock() if alerts is not None else datetime.now(UTC)
+
+
+async def alerts_changed(ctx: RequestContext, enterprise_id: str, cause: str) -> None:
+    """Evaluate the enterprise's alerts after a change of its balance or settings
+    (docs/rules.md §4); a failure is logged, never the request's."""
+    alerts = ctx.app.get(ALERTS)
+    if alerts is not None:
+        await alerts.changed(enterprise_id, cause)
+
+
+def wake_alerts(ctx: RequestContext) -> None:
+    alerts = ctx.app.get(ALERTS)
+    if alerts is not None:
+        alerts.worker.wake()
 
 
 async def visible_enterprise(ctx: RequestContext, enterprise_id: str) -> EnterpriseRow:

@@ -12,11 +12,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from billing.audit import Auditor
 from billing.db import Database
 from billing.errors import Conflict, ValidationFailed
+from billing.interop import licences
+from billing.interop.rules import INTEROP_SKU
 from billing.ledger import OrderState, get_enterprise, get_order
 from billing.operations.ids import new_id
 from billing.rows import OrderLineRow, OrderRow, PackageRow, PaymentRow
 from billing.rules.calendar import Zone, package_expiry
-from billing.rules.pricing import check_purchase, quote_packages
+from billing.rules.pricing import (
+    InteropQuote,
+    PackageQuote,
+    PricingMode,
+    check_purchase,
+    quote_interop,
+    quote_packages,
+)
 from billing.rules.refunds import InvoiceState, split_cash
 from billing.schema import invoice_events, order_lines, orders, packages, payments
 from metering import BalanceStore
@@ -28,14 +37,22 @@ class OrderRequest:
     enterprise_id: str
     id_type: str
     sku: str
-    quantity: int
+    quantity: int  # packages, or interop accounts (SKU wecom_interop)
     agreement_accepted: object
     voucher: object = None
+    years: int = 1  # interop only
+    mode: PricingMode = "graduated"  # interop only: the configured pricing mode
+
+
+def _quote(request: OrderRequest) -> PackageQuote | InteropQuote:
+    if request.sku == INTEROP_SKU:
+        return quote_interop(request.quantity, request.years, request.mode)
+    return quote_packages(request.sku, request.quantity)
 
 
 async def create_order(db: Database, audit: Auditor, request: OrderRequest) -> OrderState:
     """An order ``pending_payment`` after every precondition of docs/rules.md §2 holds."""
-    quote = quote_packages(request.sku, request.quantity)
+    quote = _quote(request)
     async with db.begin() as conn:
         enterprise = await get_enterprise(conn, request.enterprise_id)
         if enterprise.id_type != request.id_type:
@@ -53,7 +70,7 @@ async def create_order(db: Database, audit: Auditor, request: OrderRequest) -> O
         order = OrderRow(
             id=new_id("ord"),
             enterprise_id=request.enterprise_id,
-            kind="pv",
+            kind="interop" if isinstance(quote, InteropQuote) else "pv",
             sku=request.sku,
             quantity=request.quantity,
             amount_fen=quote.total_fen,
@@ -74,6 +91,8 @@ async def create_order(db: Database, audit: Auditor, request: OrderRequest) -> O
             for i, line in enumerate(quote.lines)
         ]
         await conn.execute(order_lines.insert(), [dataclasses.asdict(line) for line in lines])
+        if isinstance(quote, InteropQuote):
+            await licences.record_terms(conn, order.id, quote)
         after = {**dataclasses.asdict(order), "lines": lines}
         await audit(conn, "order.create", request.enterprise_id, None, after)
         return await get_order(conn, order.id)
@@ -127,12 +146,15 @@ async def _book_payment(
     paid_at: datetime,
     tz: Zone,
 ) -> None:
-    quote = quote_packages(order.sku, order.quantity)
     cash = order.amount_fen - order.voucher_fen
     payment = PaymentRow(
         id=new_id("pay"), order_id=order.id, cash_fen=cash, reference=reference, paid_at=paid_at
     )
     await conn.execute(payments.insert().values(**dataclasses.asdict(payment)))
+    if order.kind == "interop":  # a licence batch, no PV bucket (docs/rules.md §1.2)
+        await licences.book_batch(conn, audit, order, payment, tz)
+        return
+    quote = quote_packages(order.sku, order.quantity)
     expires = package_expiry(paid_at, tz)
     booked = [
         PackageRow(

@@ -148,6 +148,93 @@ async def _review(server: AdminServer) -> Call:
     return Call("POST", f"/v1/sites/{host}/review", body, mutation=True)
 
 
+# Interop accounts and the WeCom relay (docs/rules.md §1.2).  ent-a's trial holds 10 accounts:
+# enough for every assignment the matrix makes.
+INTEROP = f"/v1/enterprises/{ENT_A}/interop"
+WECOM_SETTINGS = {
+    "token": "QDG6eK",
+    "encoding_aes_key": "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C",
+    "corp_id": "wx5823bf96d3bd56c7",
+    "relay_url": "https://relay.example.com/wecom",
+}
+
+
+async def _get_interop(server: AdminServer) -> Call:
+    return Call("GET", INTEROP)
+
+
+async def _order_interop(server: AdminServer) -> Call:
+    body = {"id_type": "wecom", "accounts": 2, "agreement_accepted": True}
+    return Call("POST", INTEROP, body, mutation=True)
+
+
+async def _patch_interop(server: AdminServer) -> Call:
+    return Call("PATCH", INTEROP, {"trial_accounts": 10, "reason": "matrix"}, mutation=True)
+
+
+async def _assign_member(server: AdminServer) -> Call:
+    return Call("POST", f"{INTEROP}/members", {"userid": fresh("u")}, mutation=True)
+
+
+async def _free_member(server: AdminServer) -> Call:
+    userid = fresh("u")
+    await server.ok("POST", f"{INTEROP}/members", {"userid": userid}, 201)
+    return Call("DELETE", f"{INTEROP}/members/{userid}", mutation=True)
+
+
+async def _put_wecom(server: AdminServer) -> Call:
+    return Call("PUT", f"/v1/enterprises/{ENT_A}/wecom", WECOM_SETTINGS, mutation=True)
+
+
+async def _get_wecom(server: AdminServer) -> Call:
+    await server.ok("PUT", f"/v1/enterprises/{ENT_A}/wecom", WECOM_SETTINGS)
+    return Call("GET", f"/v1/enterprises/{ENT_A}/wecom")
+
+
+async def _wecom_events(server: AdminServer) -> Call:
+    return Call("GET", f"/v1/enterprises/{ENT_A}/wecom/events", params={"limit": "10"})
+
+
+# Alerts (docs/rules.md §4).  The matrix app allows 127.0.0.1: the webhook's port 9 refuses
+# at once, so a test message comes back "retry" quickly and leaves a delivery to retry.
+ALERTS = f"/v1/enterprises/{ENT_A}/alerts"
+ALERT_HOOK = {"type": "webhook", "url": "https://127.0.0.1:9/hook"}
+
+
+async def _webhook_channel(server: AdminServer) -> str:
+    settings = await server.ok("PUT", ALERTS, {"threshold_pv": 0, "channels": [ALERT_HOOK]})
+    channel_id: str = settings["channels"][0]["id"]
+    return channel_id
+
+
+async def _get_alerts(server: AdminServer) -> Call:
+    return Call("GET", ALERTS)
+
+
+async def _put_alerts(server: AdminServer) -> Call:
+    return Call("PUT", ALERTS, {"threshold_pv": 0, "channels": [ALERT_HOOK]}, mutation=True)
+
+
+async def _rotate_alert_secret(server: AdminServer) -> Call:
+    body = {"channel_id": await _webhook_channel(server)}
+    return Call("POST", f"{ALERTS}/secret", body, mutation=True)
+
+
+async def _alert_events(server: AdminServer) -> Call:
+    return Call("GET", f"{ALERTS}/events", params={"limit": "5"})
+
+
+async def _test_alert(server: AdminServer) -> Call:
+    body = {"channel_id": await _webhook_channel(server)}
+    return Call("POST", f"{ALERTS}/test", body, mutation=True)
+
+
+async def _retry_delivery(server: AdminServer) -> Call:
+    body = {"channel_id": await _webhook_channel(server)}
+    test = await server.ok("POST", f"{ALERTS}/test", body)
+    return Call("POST", f"/v1/alerts/deliveries/{test['delivery_id']}/retry", mutation=True)
+
+
 PREPARE: dict[tuple[str, str], Prepare] = {
     ("GET", "/v1/audit"): _audit,
     ("POST", "/v1/enterprises"): _register,
@@ -168,4 +255,18 @@ PREPARE: dict[tuple[str, str], Prepare] = {
     ("PUT", "/v1/sites/{host}"): _put_site,
     ("GET", "/v1/sites"): _list_sites,
     ("POST", "/v1/sites/{host}/review"): _review,
+    ("GET", "/v1/enterprises/{enterprise_id}/interop"): _get_interop,
+    ("POST", "/v1/enterprises/{enterprise_id}/interop"): _order_interop,
+    ("PATCH", "/v1/enterprises/{enterprise_id}/interop"): _patch_interop,
+    ("POST", "/v1/enterprises/{enterprise_id}/interop/members"): _assign_member,
+    ("DELETE", "/v1/enterprises/{enterprise_id}/interop/members/{userid}"): _free_member,
+    ("PUT", "/v1/enterprises/{enterprise_id}/wecom"): _put_wecom,
+    ("GET", "/v1/enterprises/{enterprise_id}/wecom"): _get_wecom,
+    ("GET", "/v1/enterprises/{enterprise_id}/wecom/events"): _wecom_events,
+    ("GET", "/v1/enterprises/{enterprise_id}/alerts"): _get_alerts,
+    ("PUT", "/v1/enterprises/{enterprise_id}/alerts"): _put_alerts,
+    ("POST", "/v1/enterprises/{enterprise_id}/alerts/secret"): _rotate_alert_secret,
+    ("GET", "/v1/enterprises/{enterprise_id}/alerts/events"): _alert_events,
+    ("POST", "/v1/enterprises/{enterprise_id}/alerts/test"): _test_alert,
+    ("POST", "/v1/alerts/deliveries/{delivery_id}/retry"): _retry_delivery,
 }

@@ -44,7 +44,8 @@ async def origin() -> AsyncIterator[str]:
 
 
 async def test_the_automatic_reviewer_rejects_denied_words(make_admin: AdminFactory, origin: str):
-    server = await make_admin(BillingSettings(review=ReviewSection(deny_words=DENY_WORDS)))
+    review = ReviewSection(deny_words=DENY_WORDS, allow_addresses=("127.0.0.1",))
+    server = await make_admin(BillingSettings(review=review))
     registry = SiteRegistry(server.redis)
     token = server.tokens.merchant_a
     expected = {

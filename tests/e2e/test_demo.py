@@ -2,8 +2,10 @@
 
 The demo seeds a 3 PV gift (``--gift-pv 3``): three views of the landing page and its
 stylesheet, script and logo are served, the fourth view gets the block page; the admin API,
-reached with the ops token the banner prints, agrees.  Ctrl-C (SIGINT) or SIGTERM stops
-everything with exit status 0, and a second run continues from the state in ``--dir``.
+reached with the ops token the banner prints, agrees.  Its low-balance alert (threshold 2)
+reaches the demo's own webhook receiver, which prints it once verified.  Ctrl-C (SIGINT) or
+SIGTERM stops everything with exit status 0, and a second run continues from the state in
+``--dir``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Demo:
 
 def start_demo(workdir: Path, gift_pv: int = 3) -> Demo:
     port, admin_port, metrics_port = free_port(), free_port(), free_port()
+    billing_metrics_port = free_port()  # not the default 9101: demos may run side by side
     log = workdir.parent / f"demo-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVGATE_")}
     with open(log, "wb") as out:
@@ -77,6 +80,8 @@ def start_demo(workdir: Path, gift_pv: int = 3) -> Demo:
                 f"127.0.0.1:{admin_port}",
                 "--metrics-listen",
                 f"127.0.0.1:{metrics_port}",
+                "--billing-metrics-listen",
+                f"127.0.0.1:{billing_metrics_port}",
                 "--gift-pv",
                 str(gift_pv),
             ],
@@ -108,6 +113,14 @@ def refuses_connections(port: int) -> bool:
         if sock.connect_ex(("127.0.0.1", port)) != 0:
             return True
         return bool(sock.getsockname()[1] == port)
+
+
+def wait_printed(demo: Demo, lines: tuple[re.Pattern[str], ...], within: float = 30.0) -> str:
+    deadline = time.monotonic() + within
+    while not all(line.search(demo.output()) for line in lines):
+        assert time.monotonic() < deadline, f"not printed: {lines}: {demo.output()}"
+        time.sleep(0.1)
+    return demo.output()
 
 
 @pytest.fixture
@@ -170,6 +183,17 @@ async def test_demo_meters_its_landing_page_and_stops_cleanly(demos, how: signal
         assert [(b["kind"], b["granted"], b["used"]) for b in buckets] == [("gift", 3, 3)]
         async with session.get(f"{demo.admin_url}/v1/enterprises/demo-shop/balance") as resp:
             assert resp.status == 401  # the admin API is not open without the token
+
+    # 3 → 1 PV crossed the threshold of 2, then 0 (both within one usage flush, maybe):
+    # each alert printed once, verified.
+    low = re.compile(
+        r"(?m)^alert low_balance: demo-shop has [01] PV available \(threshold 2\) — verified"
+    )
+    exhausted = re.compile(r"(?m)^alert exhausted: demo-shop has 0 PV available .* — verified")
+    printed = wait_printed(demo, (low, exhausted))
+    assert len(low.findall(printed)) == 1, printed
+    assert len(exhausted.findall(printed)) == 1, printed
+    assert "REJECTED" not in printed
 
     assert stop(demo, how) == 0, demo.output()
     assert "Traceback" not in demo.output(), demo.output()

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import trustme
+from redis.asyncio.cluster import RedisCluster
 
 from gateway.routing import SiteWatcher
 from metering import BalanceStore, Meter
@@ -102,6 +103,7 @@ async def test_meter_and_store_on_a_tls_cluster_with_a_password(tls_cluster, pki
         # Enough enterprises that every master holds some of them.
         enterprises = [f"tls-cl-{i}" for i in range(12)]
         assert await debit_and_count(client, enterprises, 5) == 60
+        assert isinstance(client, RedisCluster)
         holders = {
             tls_cluster.node_for_slot(client.keyslot(enterprise_keys(e)[0])).port
             for e in enterprises

@@ -10,7 +10,8 @@ from metering.logs import formatter
 
 
 def line(record: logging.LogRecord) -> dict[str, object]:
-    return orjson.loads(formatter().format(record))
+    parsed: dict[str, object] = orjson.loads(formatter().format(record))
+    return parsed
 
 
 def test_fields_of_a_line_and_the_callers_extra_fields():
