@@ -6,8 +6,13 @@ the ``(gateway_id, seq)`` keys of its entries, and acknowledged (XACK) only afte
 commit.  So a consumer killed between read and commit leaves the entries pending (another
 consumer, or itself after a restart, claims them with XAUTOCLAIM), and one killed between
 commit and XACK sees them again and skips them by their keys: nothing is lost, nothing is
-counted twice.  An entry that cannot be parsed, or fails ``max_deliveries`` times, goes to
-the dead-letter stream ``pvgate:usage:dead`` and is counted in a metric.
+counted twice.  An entry that cannot be parsed, or that the database refuses
+``max_deliveries`` times, goes to the dead-letter stream ``pvgate:usage:dead`` (about its
+newest ``DEAD_LETTERS_MAX`` kept) and is counted in a metric.
+
+A database that cannot be reached refuses nothing: the batch stays pending and the
+consumer waits; stale entries are claimed (and their deliveries counted towards the dead
+letters) only while the database answers, so an outage, however long, dead-letters none.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from metering.scripts import RedisClient
 log = logging.getLogger("pvgate.consumer")
 
 DEAD_LETTER_STREAM = f"{USAGE_STREAM}:dead"
+DEAD_LETTERS_MAX = 100_000  # the retention default; each XADD trims about to it as well
 GROUP = "billing"
 
 ENTRIES = MetricCounter(
@@ -63,6 +69,13 @@ def _valid_ids(enterprise_id: str, bucket_id: str) -> None:
     """The key-part rules of metering, checked once per pair seen (entries repeat them)."""
     validate_enterprise_id(enterprise_id)
     validate_bucket_id(bucket_id)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (it refused nothing)."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or bool(
+        getattr(exc, "connection_invalidated", False)
+    )
 
 
 class BadEntry(ValueError):
@@ -252,11 +265,18 @@ class UsageConsumer:
         return written or 0
 
     async def _record(self, entries: list[Entry]) -> int | None:
-        """Record and acknowledge; None (entries left pending) when the database refused."""
+        """Record and acknowledge; None (entries left pending) when the database refused.
+
+        Raises when the database could not be reached: nothing was refused, and `run`
+        waits before it tries again."""
+        connected = False
         try:
             async with self.db.begin() as conn:
+                connected = True
                 written = await record_entries(conn, self.db.dialect, entries)
         except (sa.exc.SQLAlchemyError, ArithmeticError) as exc:
+            if not connected or _unreachable(exc):
+                raise
             # Left pending: redelivered through XAUTOCLAIM, dead-lettered if it persists.
             ENTRIES.labels("failed").inc(len(entries))
             log.error("usage batch of %d entries not recorded: %s", len(entries), exc)
@@ -274,6 +294,11 @@ class UsageConsumer:
         pending: Any = await self.client.xpending_range(
             USAGE_STREAM, GROUP, min="-", max="+", count=self.count, idle=self.claim_idle_ms
         )
+        if not pending:
+            return 0
+        # Claiming counts a delivery: only while the database answers (it raises if not).
+        async with self.db.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
         poisoned = [p["message_id"] for p in pending if p["times_delivered"] >= self.max_deliveries]
         for stream_id in poisoned:
             found: Any = await self.client.xrange(USAGE_STREAM, stream_id, stream_id)
@@ -290,7 +315,9 @@ class UsageConsumer:
 
     async def _dead_letter(self, stream_id: str, fields: dict[str, str], why: str) -> None:
         letter: dict[Any, Any] = {**fields, "source_id": stream_id, "error": why[:500]}
-        await self.client.xadd(DEAD_LETTER_STREAM, letter)
+        await self.client.xadd(
+            DEAD_LETTER_STREAM, letter, maxlen=DEAD_LETTERS_MAX, approximate=True
+        )
         await self.client.xack(USAGE_STREAM, GROUP, stream_id)
         DEAD_LETTERS.inc()
         log.error("usage entry %s dead-lettered: %s", stream_id, why)

@@ -23,9 +23,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from billing.errors import BillingError
+from metering.config import ConfigError
 
 
-class SchemaOutdated(BillingError):
+class SchemaOutdated(BillingError, ConfigError):
+    """The ledger is not at this version's schema; the message names ``pvgate migrate``
+    (a ConfigError: the CLI reports it in one line, as a setting at fault)."""
+
     code = "schema_outdated"
     http_status = 503
 

@@ -186,6 +186,7 @@ usage_batches = sa.Table(
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("pv", Count, nullable=False),
     _at("recorded_at"),
+    sa.Index(None, "recorded_at"),  # purged by age (billing/retention.py)
 )
 
 usage = sa.Table(
@@ -300,6 +301,7 @@ idempotency_records = sa.Table(
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
     _at("created_at"),
+    sa.Index(None, "created_at"),  # purged by age (billing/retention.py)
 )
 
 audit_log = sa.Table(
@@ -379,6 +381,7 @@ alert_events = sa.Table(
     _at("occurred_at"),
     _at("created_at"),
     sa.Index(None, "enterprise_id", "occurred_at"),
+    sa.Index(None, "kind", "created_at"),  # the relay's are purged by age
 )
 
 alert_deliveries = sa.Table(

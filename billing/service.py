@@ -2,7 +2,8 @@
 
 ``pvgate billing`` serves the admin API (default port 8081) and Prometheus metrics (9101),
 consumes ``pvgate:usage`` as one member of the consumer group, and every
-``reconcile.interval_s`` reconciles the ledger with Redis and records expired buckets.
+``reconcile.interval_s`` reconciles the ledger with Redis and records expired buckets, and
+every ``retention.interval_s`` trims and purges what would otherwise grow for ever.
 Alerts (`billing.alerts.service.Alerts`) evaluate after each committed usage batch and
 deliver beside the consumer.
 It refuses to start on an out-of-date ledger schema (``pvgate migrate`` first).
@@ -22,7 +23,7 @@ from datetime import timedelta
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from billing import reconcile
+from billing import reconcile, retention
 from billing.alerts import REGISTRY as ALERT_KINDS
 from billing.alerts.service import Alerts
 from billing.api.app import create_admin_app
@@ -34,6 +35,7 @@ from billing.db import Database
 from billing.interop.service import install_interop
 from billing.settings import BillingSettings
 from metering import BalanceStore
+from metering.config import ConfigError
 from metering.logs import configure_logging
 from metering.scripts import RedisClient
 from metering.sites import SiteRegistry
@@ -74,18 +76,50 @@ def _background(
         )
         stop = asyncio.Event()
         tasks = [
-            asyncio.create_task(consumer.run(stop)),
-            asyncio.create_task(_jobs(settings, db, store, consumer, stop)),
-            asyncio.create_task(alerts.run(stop)),  # evaluator, delivery worker, scheduler
+            asyncio.create_task(consumer.run(stop), name="the usage consumer"),
+            asyncio.create_task(_jobs(settings, db, store, consumer, stop), name="reconciliation"),
+            asyncio.create_task(_retention(settings, db, client, stop), name="retention"),
+            # the evaluator, the delivery worker and the scheduler
+            asyncio.create_task(alerts.run(stop), name="alerts"),
         ]
         yield
         stop.set()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 5)
+        await _finish(tasks, within=5.0)
         await alerts.close()
 
     return run
+
+
+async def _finish(tasks: list[asyncio.Task[None]], within: float) -> None:
+    """Let the tasks see ``stop`` and end; cancel what is still busy after ``within`` (a
+    reconciliation in its settle wait, say): a transaction cancelled midway rolls back."""
+    _, busy = await asyncio.wait(tasks, timeout=within)
+    for task in busy:
+        log.info("%s still busy %.0f s after the stop: cancelled", task.get_name(), within)
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _retention(
+    settings: BillingSettings, db: Database, client: RedisClient, stop: asyncio.Event
+) -> None:
+    conf = settings.retention
+    while not stop.is_set():
+        try:
+            await retention.sweep(
+                db,
+                client,
+                dead_letters_max=conf.dead_letters_max,
+                idempotency_hours=conf.idempotency_hours,
+                usage_batches_days=conf.usage_batches_days,
+                wecom_events_days=conf.wecom_events_days,
+            )
+        except Exception:  # retried at the next interval; nothing is lost by waiting
+            log.exception("retention pass failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), conf.interval_s)
 
 
 async def _jobs(
@@ -133,10 +167,17 @@ async def start_billing(
         AdminRunner(build_app(settings, db, client), access_log=None),
         web.AppRunner(metrics, access_log=None),
     ]
+    ready: list[web.AppRunner] = []
     for runner, address in zip(runners, (settings.listen, settings.metrics_listen), strict=True):
         await runner.setup()
+        ready.append(runner)
         host, _, port = address.rpartition(":")
-        await web.TCPSite(runner, host, int(port)).start()
+        try:
+            await web.TCPSite(runner, host, int(port)).start()
+        except OSError as exc:  # taken, or not an address of this machine
+            for started in reversed(ready):
+                await started.cleanup()
+            raise ConfigError(f"listen address {address}: {exc.strerror or exc}") from exc
     log.info("billing on %s, metrics on %s", settings.listen, settings.metrics_listen)
     return runners
 

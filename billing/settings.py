@@ -32,6 +32,29 @@ class ReconcileSection:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RetentionSection:
+    """What billing trims and purges, every ``interval_s`` (billing/retention.py)."""
+
+    interval_s: float = 60.0
+    dead_letters_max: int = 100_000  # newest dead letters kept (about: XTRIM MAXLEN ~)
+    idempotency_hours: float = 24.0  # stored responses to Idempotency-Key requests
+    usage_batches_days: float = 7.0  # the consumer's record of the entries it booked
+    wecom_events_days: float = 30.0  # WeCom events, their keys, the relay's outbox
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("interval_s", 1 <= self.interval_s <= 86_400, "1 to 86400 seconds"),
+            ("dead_letters_max", 1_000 <= self.dead_letters_max <= 10**8, "1000 to 10^8"),
+            ("idempotency_hours", 1 <= self.idempotency_hours <= 24 * 365, "1 to 8760 hours"),
+            ("usage_batches_days", 1 <= self.usage_batches_days <= 3650, "1 to 3650 days"),
+            ("wecom_events_days", 2 <= self.wecom_events_days <= 3650, "2 to 3650 days"),
+        )
+        for key, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"{key}: expected {expected}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ReviewSection:
     # A page whose origin HTML holds one of these words is rejected by the reviewer.
     deny_words: tuple[str, ...] = ()
@@ -78,6 +101,7 @@ class BillingSettings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     consumer: ConsumerSection = field(default_factory=ConsumerSection)
     reconcile: ReconcileSection = field(default_factory=ReconcileSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
     review: ReviewSection = field(default_factory=ReviewSection)
     alerts: AlertsSection = field(default_factory=AlertsSection)
     interop: InteropSection = field(default_factory=InteropSection)

@@ -72,10 +72,18 @@ def create_admin_app(
     app[OPENAPI_DOCUMENT] = orjson.dumps(build_openapi(routes))  # a bad model fails here
     if check_schema:
         app.cleanup_ctx.append(_schema_checked)
+    app.on_response_prepare.append(_server_header)
     app.router.add_get("/openapi.json", openapi_json, allow_head=False)
     app.router.add_get("/healthz", healthz, allow_head=False)
     routes.install(app)
     return app
+
+
+SERVER = "pvgate"  # not aiohttp's default, which names its version and Python's
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
 
 
 async def _schema_checked(app: web.Application) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ from billing.api.framework import Api, ApiModel, BucketId, Id, QueryTime, Text, 
 from billing.api.services import SETTINGS, STORE
 from billing.errors import ValidationFailed
 from billing.ledger import USAGE_SOURCES, UsageSource, usage_entries
+from billing.rules.calendar import business_zone
 from metering.buckets import from_ms
 
 api = Api()
@@ -285,7 +286,8 @@ class UsageOut(ApiModel):
 async def get_usage(
     ctx: RequestContext, body: None, enterprise_id: Id, query: UsageQuery
 ) -> UsageOut:
-    """PV used per hour or per day (UTC), bucket and source, as the ledger has it.
+    """PV used per hour (UTC) or per day (in the business timezone, 00:00 to 24:00 local
+    time), bucket and source, as the ledger has it.
 
     One row per period, bucket and ``source``: ``stream`` is the usage the gateways
     reported; ``reconciliation`` what a reconciliation pass booked when Redis had counted
@@ -302,9 +304,15 @@ async def get_usage(
         raise ValidationFailed("since", "must be before until")
     async with ctx.db.engine.connect() as conn:
         entries = await usage_entries(conn, enterprise_id, since, until)
+    zone = business_zone(ctx.app[SETTINGS].timezone)
     totals: dict[tuple[datetime, str, int], int] = {}
     for e in entries:
-        period = e.hour if query.granularity == "hour" else e.hour.replace(hour=0)
+        # An hour counts in the local day it starts in (docs/architecture.md §5).
+        period = (
+            e.hour
+            if query.granularity == "hour"
+            else e.hour.astimezone(zone).replace(hour=0, minute=0, second=0, microsecond=0)
+        )
         key = (period, e.bucket_id, USAGE_SOURCES.index(e.source))
         totals[key] = totals.get(key, 0) + e.pv
     return UsageOut(

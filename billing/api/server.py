@@ -22,6 +22,7 @@ from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestPayloadError
 
+from billing.api.app import SERVER
 from billing.api.edge import REQUEST_ID_HEADER, error_body, json_response
 from billing.api.errors import HeaderTooLarge, MalformedRequest, RequestLineTooLong
 
@@ -63,7 +64,8 @@ class _JsonErrorsHandler(web_protocol.RequestHandler):
         else:  # unreachable past api_middleware, which answers every handler failure
             super().handle_error(request, status, exc, message)  # logs it with its traceback
             code, text = "internal_error", f"internal error; quote request id {request_id}"
-        response = json_response(status, error_body(code, text), {REQUEST_ID_HEADER: request_id})
+        headers = {REQUEST_ID_HEADER: request_id, "Server": SERVER}
+        response = json_response(status, error_body(code, text), headers)
         response.force_close()
         return response
 

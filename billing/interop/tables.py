@@ -113,6 +113,7 @@ wecom_events = sa.Table(  # every authenticated callback, with what became of it
     sa.Column("result", sa.String(24), nullable=False),  # relayed | dropped_inactive | duplicate
     sa.Column("message", sa.Text, nullable=False),  # the decrypted XML
     sa.Index("ix_wecom_events_enterprise_id_received_at", "enterprise_id", "received_at"),
+    sa.Index(None, "received_at"),  # purged by age (billing/retention.py)
 )
 
 wecom_event_keys = sa.Table(  # a message seen: a retry within 24 h is a duplicate
@@ -121,4 +122,5 @@ wecom_event_keys = sa.Table(  # a message seen: a retry within 24 h is a duplica
     sa.Column("enterprise_id", sa.String(64), primary_key=True),
     sa.Column("msg_key", sa.String(80), primary_key=True),
     _at("first_seen_at"),
+    sa.Index(None, "first_seen_at"),  # purged by age (billing/retention.py)
 )

@@ -83,6 +83,7 @@ async def test_what_the_parser_refuses_is_a_json_4xx_logged_at_info(
     assert body["error"]["code"] == code
     assert body["error"]["message"]
     request_id = headers["x-request-id"]
+    assert headers["server"] == "pvgate"  # no versions of aiohttp and Python
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     refused = [r for r in caplog.records if r.name == "pvgate.billing.api"]
     assert [r.levelno for r in refused] == [logging.INFO], refused
@@ -99,8 +100,9 @@ async def test_the_limits_tell_the_request_line_from_a_header(sqlite_admin: Admi
     """Just under each limit is served; one byte over it is refused with its own status."""
     query = b"GET /healthz?" + b"a" * 100 + b" HTTP/1.1\r\nHost: a\r\n"
     fits = b"X-Padding: " + b"a" * (HEADER_LINE_MAX - 11) + b"\r\n"
-    answered, _, _ = await exchange(sqlite_admin, query + fits + b"Connection: close\r\n\r\n")
+    answered, headers, _ = await exchange(sqlite_admin, query + fits + b"Connection: close\r\n\r\n")
     assert answered == 200  # past the parser: /healthz answers
+    assert headers["server"] == "pvgate"
     over = b"X-Padding: " + b"a" * (HEADER_LINE_MAX + 1) + b"\r\n\r\n"
     assert (await exchange(sqlite_admin, query + over))[0] == 431
     long_path = b"GET /" + b"a" * (REQUEST_LINE_MAX + 1) + b" HTTP/1.1\r\nHost: a\r\n\r\n"

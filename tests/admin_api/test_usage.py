@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from billing.reconcile import reconcile
 from billing.schema import reconciliations
+from billing.schema import usage as usage_table
 from metering import BalanceStore
 from metering.usage import UsageRecorder
 from tests.admin_api.conftest import ENT_A, GIFT_PV, AdminServer, expect
@@ -148,3 +149,22 @@ async def test_the_usage_document_describes_the_sources(sqlite_admin: AdminServe
     row = document["components"]["schemas"]["UsageRow"]
     assert row["properties"]["source"]["enum"] == ["stream", "reconciliation", "recharge"]
     assert "source" in row["required"]
+
+
+async def test_days_are_the_business_timezones(sqlite_admin: AdminServer):
+    """Days run from midnight to midnight in the business timezone (Asia/Shanghai by
+    default, UTC+8): 15:00 and 16:00 UTC of one UTC day are two days there."""
+    async with sqlite_admin.db.begin() as conn:
+        for hour, pv in ((15, 3), (16, 4)):
+            at = datetime(2027, 1, 1, hour, tzinfo=UTC)
+            await conn.execute(
+                usage_table.insert().values(enterprise_id=ENT_A, bucket_id="b", hour=at, pv=pv)
+            )
+    window = {"since": "2027-01-01T00:00:00Z", "until": "2027-01-03T00:00:00Z"}
+    days = await usage(sqlite_admin, granularity="day", **window)
+    assert [(i["period"], i["pv"]) for i in days] == [
+        ("2027-01-01T00:00:00+08:00", 3),
+        ("2027-01-02T00:00:00+08:00", 4),
+    ]
+    hours = await usage(sqlite_admin, granularity="hour", **window)
+    assert [datetime.fromisoformat(i["period"]).hour for i in hours] == [15, 16]  # UTC

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
@@ -217,38 +218,74 @@ async def test_malformed_entries_go_to_the_dead_letter_stream(
     assert await pending(redis) == 0
 
 
-async def test_an_entry_failing_max_deliveries_times_is_dead_lettered(
-    db: Database, store: BalanceStore, redis: Redis, audit: SystemAuditor, tmp_path: Any
+async def refuse_bucket(db: Database, bucket_id: str) -> None:
+    """Make the ledger refuse usage rows of ``bucket_id``, as a database refuses a row."""
+    statements = (
+        [f"CREATE TRIGGER refuse BEFORE INSERT ON usage WHEN NEW.bucket_id = '{bucket_id}' "
+         "BEGIN SELECT RAISE(ABORT, 'refused'); END"]
+        if db.dialect == "sqlite"
+        else [f"CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN IF NEW.bucket_id = "
+              f"'{bucket_id}' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$ "
+              "LANGUAGE plpgsql",
+              "CREATE TRIGGER refuse BEFORE INSERT ON usage FOR EACH ROW "
+              "EXECUTE FUNCTION refuse()"]
+    )  # fmt: skip
+    async with db.begin() as conn:
+        for statement in statements:
+            await conn.execute(sa.text(statement))
+
+
+async def test_an_entry_refused_max_deliveries_times_is_dead_lettered(
+    db: Database, store: BalanceStore, redis: Redis, audit: SystemAuditor
 ):
+    """The database answers and refuses the entry each time (a trigger refuses its bucket)."""
     await setup_buckets(db, store, audit)
-    recorder = UsageRecorder(redis, "gw-1")
-    await traffic(store, recorder, [10])
-    [(entry_id, fields)] = await stream_entries(redis, USAGE_STREAM)
-    if db.dialect == "sqlite":
-        broken = Database(f"sqlite:///{tmp_path}/missing/dir/ledger.db")
-    else:
-        broken = Database(
-            make_url(db.url).set(database="pvgate_missing").render_as_string(hide_password=False)
-        )
+    await refuse_bucket(db, "refused")
+    fields: dict[Any, Any] = {"gateway_id": "gw-x", "seq": "1", "ts": "1",
+                              "rows": orjson.dumps([[ENT, "refused", 5]]).decode()}  # fmt: skip
+    entry_id = await redis.xadd(USAGE_STREAM, dict(fields))
     metric = dead_letters_metric()
-    failing = consumer(broken, redis, claim_idle_ms=0, max_deliveries=3)
-    try:
-        await failing.ensure_group()
-        for _attempt in range(3):
-            assert await failing.step(block=False) == 0
-            assert await pending(redis) == 1
-            assert await redis.xlen(DEAD_LETTER_STREAM) == 0
+    failing = consumer(db, redis, claim_idle_ms=0, max_deliveries=3)
+    await failing.ensure_group()
+    for _attempt in range(3):
         assert await failing.step(block=False) == 0
-    finally:
-        await broken.dispose()
+        assert await pending(redis) == 1
+        assert await redis.xlen(DEAD_LETTER_STREAM) == 0
+    assert await failing.step(block=False) == 0
     assert await pending(redis) == 0
     [(_id, letter)] = await stream_entries(redis, DEAD_LETTER_STREAM)
     assert letter["source_id"] == entry_id
     assert letter["error"] == "failed 3 deliveries"
     assert {k: letter[k] for k in fields} == fields
     assert dead_letters_metric() - metric == 1
-    assert await consumer(db, redis).drain() == 0
     assert await usage_by_bucket(db) == {}
+
+
+async def test_a_database_that_cannot_be_reached_refuses_nothing(
+    db: Database, store: BalanceStore, redis: Redis, audit: SystemAuditor, tmp_path: Any
+):
+    """However many rounds it lasts, the entry stays pending, then is booked."""
+    await setup_buckets(db, store, audit)
+    recorder = UsageRecorder(redis, "gw-1")
+    await traffic(store, recorder, [10])
+    if db.dialect == "sqlite":
+        broken = Database(f"sqlite:///{tmp_path}/missing/dir/ledger.db")
+    else:
+        broken = Database(
+            make_url(db.url).set(database="pvgate_missing").render_as_string(hide_password=False)
+        )
+    failing = consumer(broken, redis, claim_idle_ms=0, max_deliveries=3)
+    try:
+        await failing.ensure_group()
+        for _attempt in range(6):  # what run() does: log the error, wait, step again
+            with pytest.raises(sa.exc.DBAPIError):
+                await failing.step(block=False)
+            assert await pending(redis) == 1
+    finally:
+        await broken.dispose()
+    assert await redis.xlen(DEAD_LETTER_STREAM) == 0
+    assert await consumer(db, redis, claim_idle_ms=0).drain() == 1
+    assert await usage_by_bucket(db) == await redis_used(store)
 
 
 async def test_a_poison_entry_is_dead_lettered_alone(
