@@ -18,9 +18,11 @@ The verdict, once the run is over:
   flushes (each worker appends about one entry a second), the dead letters stay empty;
 - **Redis flat**: ``used_memory`` in the second half of the run is within 10 % (or
   1 MiB) of its first-half maximum;
-- **ledger flat apart from the business rows**: the tables that are not business rows
-  (``idempotency_records``, ``alert_attempts``…) do not grow; ``usage`` (one row per
-  bucket per hour and gateway) may; the page views show up there in full after the run.
+- **ledger flat apart from the business rows**: no table grows but the business rows
+  (``usage``: one row per bucket and hour) and the tables that retention purges by age
+  (``usage_batches``, one row per usage entry booked, kept 7 days); for those the run
+  reports the growth rate and the size it levels off at after their retention age; the
+  page views show up in the ledger in full after the run.
 
 Exit status 0 when the run completed, whatever the verdict; ``--json`` ends with one JSON
 object.
@@ -51,6 +53,14 @@ from tests.e2e.stack import Stack, start_stack
 
 ENTERPRISE, HOST = "soak-shop", "soak.bench"
 CLIENTS = 16
+# Purged by age (billing/retention.py): table -> the default retention, in seconds.
+AGED = {
+    "usage_batches": 7 * 86_400.0,
+    "idempotency_records": 86_400.0,
+    "wecom_events": 30 * 86_400.0,
+    "wecom_event_keys": 30 * 86_400.0,
+    "alert_attempts": 30 * 86_400.0,
+}
 BUSINESS = {
     "enterprises", "orders", "payments", "packages", "gifts", "refunds", "usage",
     "reconciliations", "expirations", "audit_log", "tokens", "sites", "adjustments",
@@ -124,14 +134,26 @@ def verdict(samples: Sequence[Sample], retention_s: float) -> dict[str, Any]:
     growing = sorted(
         name
         for name in samples[0].rows
-        if name not in BUSINESS and samples[-1].rows[name] > first[-1].rows[name]
+        if name not in BUSINESS | AGED.keys() and samples[-1].rows[name] > first[-1].rows[name]
     )
+    span = samples[-1].t - samples[0].t
+    aged = {
+        name: {
+            "rows_per_s": round(rate, 2),
+            "retention_s": keep,
+            "levels_off_at": round(rate * keep),
+        }
+        for name, keep in AGED.items()
+        if name in samples[0].rows
+        and (rate := (samples[-1].rows[name] - samples[0].rows[name]) / max(span, 1.0)) > 0
+    }
     return {
         "redis_flat": memory_ok,
         "usage_stream_bounded": stream_ok,
         "usage_stream_cap": stream_cap,
         "dead_letters_empty": dead_ok,
         "non_business_tables_growing": growing,
+        "purged_by_age": aged,
         "flat": memory_ok and stream_ok and dead_ok and not growing,
     }
 
@@ -204,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{key:<22} {'yes' if result[key] else 'NO'}")
     growing = result["non_business_tables_growing"]
     print(f"{'other tables growing':<22} {', '.join(growing) or 'none'}")
+    for name, aged in result["purged_by_age"].items():
+        print(
+            f"{name:<22} +{aged['rows_per_s']} rows/s, kept {aged['retention_s'] / 86_400:g} "
+            f"days: levels off at about {aged['levels_off_at']:,} rows"
+        )
     print(f"page views {result['page_views']:,}, booked in the ledger {result['ledger_booked']:,}")
     print("flat" if result["flat"] else "NOT FLAT: see above")
     if args.json:

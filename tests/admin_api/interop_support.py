@@ -25,7 +25,7 @@ from billing.api.services import ALERTS
 from billing.interop import jobs
 from billing.interop.runtime import INTEROP, InteropRuntime
 from billing.interop.settings import InteropSection
-from billing.schema import alert_deliveries
+from billing.schema import alert_attempts, alert_deliveries
 from billing.settings import AlertsSection, BillingSettings
 from tests.admin_api.conftest import ENT_A, AdminFactory, AdminServer, Reply, expect
 from tests.admin_api.fake_wecom import FakeWeCom, Keys, ManualClock, Receiver, fake_wecom, receiver
@@ -146,6 +146,15 @@ class Interop:
         pending = sa.select(sa.func.count()).where(alert_deliveries.c.status == "pending")
         while await self.server.db.scalar(pending):
             assert asyncio.get_running_loop().time() < deadline, "deliveries still pending"
+            await asyncio.sleep(0.02)
+
+    async def attempted(self, count: int, within: float = 10.0) -> None:
+        """Wait until ``count`` delivery attempts have their outcome recorded, so that the
+        next back-off counts from a time the test knows (before the clock jumps past it)."""
+        deadline = asyncio.get_running_loop().time() + within
+        done = sa.select(sa.func.count()).where(alert_attempts.c.outcome.is_not(None))
+        while (await self.server.db.scalar(done) or 0) < count:
+            assert asyncio.get_running_loop().time() < deadline, "attempts not recorded"
             await asyncio.sleep(0.02)
 
     async def settle(self) -> int:

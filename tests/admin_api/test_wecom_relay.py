@@ -126,9 +126,11 @@ async def test_a_duplicate_is_delivered_once_and_a_failing_receiver_is_retried(w
     for _ in range(2):
         assert await world.wecom.send(ENT_A, message) == (200, "success")
     await received(world.receiver, 1)
+    await world.attempted(1)  # the 503 booked: its back-off counts from the clock's now
     world.clock.advance(seconds=1)  # past the back-off: the retry falls due
     await received(world.receiver, 2)  # a retry of the ONE delivery
     world.receiver.status = 200
+    await world.attempted(2)
     world.clock.advance(seconds=1)
     await received(world.receiver, 3)
     await quiet(world)

@@ -135,11 +135,7 @@ class Gateway:
         found = subprocess.run(
             ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
         ).stdout.split()
-        return [
-            int(pid)
-            for pid in found
-            if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-        ]
+        return [int(pid) for pid in found if _is_worker(pid)]
 
     def metrics_url(self, path: str = "/metrics") -> str:
         return f"http://127.0.0.1:{self.metrics_port}{path}"
@@ -202,3 +198,13 @@ def site(origin: Origin, enterprise: str, host: str = "shop.test", **extra: Any)
 
 def sample(metrics: dict[Any, float], name: str, **labels: str) -> float:
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def _is_worker(pid: str) -> bool:
+    """A child that is not multiprocessing's resource tracker and is still alive (pgrep's
+    answer may name a worker that has exited since)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return "resource_tracker" not in cmdline
