@@ -58,7 +58,6 @@ class Exchange:
         self._conn_was_reused = False
         self._retried = False
         self._origin_activity = 0.0
-        self._read_timer: asyncio.TimerHandle | None = None
         self._relay: Relay | None = None
         self._over = False
 
@@ -260,10 +259,7 @@ class Exchange:
         conn.write(b"".join(parts))
         self._relay = Relay(self, time.perf_counter())
         self._origin_activity = time.monotonic()
-        if self._read_timer is None:
-            self._read_timer = asyncio.get_running_loop().call_later(
-                self.engine.read_timeout, self._on_read_timer
-            )
+        conn.watch(self.engine.read_timeout)
         if self._streaming and not self._body_done:
             self.visitor.resume_body()
 
@@ -279,20 +275,13 @@ class Exchange:
         if not self._body_done:
             self.visitor.resume_body()
 
-    def _on_read_timer(self) -> None:
-        """The origin must send something within ``read_timeout_ms`` (each time)."""
-        self._read_timer = None
-        if self._over:
-            return
+    def read_time_left(self) -> float:
+        """Seconds until the origin has been silent for ``read_timeout_ms`` (each time it
+        must send something); the origin connection's timer asks."""
         timeout = self.engine.read_timeout
-        if self.visitor.write_paused:
-            left = timeout  # the visitor is slow, not the origin (it has its own timeout)
-        else:
-            left = self._origin_activity + timeout - time.monotonic()
-        if left > 0:
-            self._read_timer = asyncio.get_running_loop().call_later(left, self._on_read_timer)
-        else:
-            self.origin_timed_out()
+        if self._over or self.visitor.write_paused:
+            return timeout  # the visitor is slow, not the origin (it has its own timeout)
+        return self._origin_activity + timeout - time.monotonic()
 
     def origin_data(self, data: bytes) -> None:
         relay = self._relay
@@ -397,7 +386,6 @@ class Exchange:
         self.visitor.write(heads.visitor_response(self.request, relay.response, True))
         conn.exchange = None
         self._origin = None
-        self._cancel_read_timer()
         self.engine.policy.finished(forward, failed=False)
         self._release_admission()
         self._over = True
@@ -409,16 +397,10 @@ class Exchange:
         self._over = True
         if self._relay is not None:
             self._relay.detach()
-        self._cancel_read_timer()
         conn, self._origin = self._origin, None
         if conn is not None:
             self.engine.pool.release(conn, reusable=reusable, upload=self._streaming)
         self._release_admission()
-
-    def _cancel_read_timer(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
 
     def _release_admission(self) -> None:
         if self._admitted:

@@ -50,13 +50,17 @@ class Response:
 
     __slots__ = (
         "chunked",
+        "connection_names",
         "has_body",
+        "has_length",
         "head_done",
         "headers",
         "keep_origin",
         "keep_visitor",
+        "passed",
         "reason",
         "status",
+        "te",
         "until_close",
     )
 
@@ -64,12 +68,53 @@ class Response:
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.passed: list[bytes] = []  # header lines for the visitor, as they came
+        self.connection_names = False  # a Connection header names a header to drop
+        self.has_length = False
+        self.te = False
         self.head_done = False
         self.keep_origin = False
         self.keep_visitor = False
         self.chunked = False  # re-chunked toward the visitor
         self.until_close = False  # the origin's body ends when it closes
         self.has_body = True
+
+
+# Each header is sorted once, as the parser reports it, into the lines passed on as they
+# came and what the gateway handles itself; a head is then built by joining.  Only a
+# Connection header that names other headers (rare: browsers send "keep-alive") makes
+# the head be built again from all the headers, without the ones it names.
+
+
+def request_header(request: Request, name: bytes, lower: bytes, value: bytes) -> None:
+    """Sort one request header (``lower``: its name in lowercase) for `origin_request`."""
+    if lower not in _REQUEST_OWN:
+        request.passed.append(b"%b: %b\r\n" % (name, value))
+    elif lower == b"x-forwarded-for":
+        request.forwarded_for.append(value)
+    elif lower == b"via":
+        request.via.append(value)
+    elif lower == b"connection" and _names_others(value):
+        request.connection_names = True
+
+
+def response_header(response: Response, name: bytes, value: bytes) -> None:
+    """Sort one response header for `visitor_response`."""
+    response.headers.append((name, value))
+    lower = name.lower()
+    if lower not in HOP_BY_HOP:
+        response.passed.append(b"%b: %b\r\n" % (name, value))
+        if lower == b"content-length":
+            response.has_length = True
+    elif lower == b"transfer-encoding":
+        response.te = True
+    elif lower == b"connection" and _names_others(value):
+        response.connection_names = True
+
+
+def _names_others(value: bytes) -> bool:
+    """Whether a Connection value names a header beyond the hop-by-hop ones."""
+    return any(token.strip().lower() not in HOP_BY_HOP for token in value.split(b","))
 
 
 def _named_in_connection(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -80,11 +125,16 @@ def _named_in_connection(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]
     return frozenset(named)
 
 
+def _without(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
+    """The header lines passed on when a Connection header names some to drop."""
+    return [b"%b: %b\r\n" % (n, v) for n, v in headers if n.lower() not in drop]
+
+
 def origin_request(request: Request, origin: Origin, peer: str) -> bytes:
     """The head sent to the origin for ``request`` (body framing included)."""
-    drop = _REQUEST_OWN
-    if "connection" in request.fields:
-        drop = drop | _named_in_connection(request.headers)
+    passed = request.passed
+    if request.connection_names:
+        passed = _without(request.headers, _REQUEST_OWN | _named_in_connection(request.headers))
     lines = [
         request.method.encode(),
         b" ",
@@ -93,17 +143,8 @@ def origin_request(request: Request, origin: Origin, peer: str) -> bytes:
         b" HTTP/1.1\r\nHost: ",
         origin.host_header,
         CRLF,
+        *passed,
     ]
-    forwarded_for: list[bytes] = []
-    via: list[bytes] = []
-    for name, value in request.headers:
-        lower = name.lower()
-        if lower not in drop:
-            lines += (name, b": ", value, CRLF)
-        elif lower == b"x-forwarded-for":
-            forwarded_for.append(value)
-        elif lower == b"via":
-            via.append(value)
     if request.chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")
     elif request.content_length or request.method in ("POST", "PUT", "PATCH"):
@@ -111,15 +152,17 @@ def origin_request(request: Request, origin: Origin, peer: str) -> bytes:
     if request.upgrade:
         upgrade = request.fields.get("upgrade", "").encode("latin-1")
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF)
-    forwarded_for.append(peer.encode())
-    via.append(VIA)
+    forwarded_for = peer.encode()
+    if request.forwarded_for:
+        forwarded_for = b", ".join((*request.forwarded_for, forwarded_for))
+    via = b", ".join((*request.via, VIA)) if request.via else VIA
     lines += (
         b"X-Forwarded-For: ",
-        b", ".join(forwarded_for),
+        forwarded_for,
         b"\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ",
         request.host.encode(),
         b"\r\nVia: ",
-        b", ".join(via),
+        via,
         b"\r\n\r\n",
     )
     return b"".join(lines)
@@ -128,27 +171,21 @@ def origin_request(request: Request, origin: Origin, peer: str) -> bytes:
 def visitor_response(request: Request, response: Response, keep_alive: bool) -> bytes:
     """The head sent to the visitor; sets how the body is framed and whether to keep alive."""
     status = response.status
-    headers = response.headers
-    lines = [b"HTTP/1.1 %d " % status, response.reason, CRLF]
-    drop = HOP_BY_HOP | _named_in_connection(headers)
-    length = False
-    te = False
-    for name, value in headers:
-        lower = name.lower()
-        if lower in drop:
-            te = te or lower == b"transfer-encoding"
-            continue
-        if lower == b"content-length":
-            length = True
-        lines += (name, b": ", value, CRLF)
+    passed = response.passed
+    if response.connection_names:
+        named = _named_in_connection(response.headers)
+        passed = _without(response.headers, HOP_BY_HOP | named)
+        response.has_length = response.has_length and b"content-length" not in named
+    lines = [b"HTTP/1.1 %d " % status, response.reason, CRLF, *passed]
     http10 = request.version == "1.0"
     if status == 101:
-        lines += (b"Connection: upgrade\r\nUpgrade: ", _value(headers, b"upgrade"), CRLF)
+        upgrade = _value(response.headers, b"upgrade")
+        lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF)
         response.has_body = False
     elif request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         response.has_body = False
-    elif te or not length:
-        response.until_close = not te
+    elif response.te or not response.has_length:
+        response.until_close = not response.te
         if http10:
             keep_alive = False  # the body ends when the connection closes
         else:

@@ -79,7 +79,10 @@ class OriginConnection(asyncio.Protocol):
         self.write_paused = False
         self.idle_since = 0.0
         self._keepalive = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        # One timer for the connection's two deadlines, checked lazily when it fires: the
+        # lent exchange's read timeout (`Exchange.read_time_left`), or the idle time.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -96,9 +99,9 @@ class OriginConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.pool.lost(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
@@ -124,19 +127,38 @@ class OriginConnection(asyncio.Protocol):
             self.transport.close()
 
     def idle(self, keepalive: float) -> None:
-        """Back in the pool: closed once idle for ``keepalive`` (checked lazily)."""
+        """Back in the pool: closed once idle for ``keepalive``."""
         self.idle_since = time.monotonic()
         self._keepalive = keepalive
-        if self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(keepalive, self._on_idle)
+        self.watch(keepalive)
 
-    def _on_idle(self) -> None:
-        self._idle_timer = None
-        if self.exchange is not None or self.detached or self.closed:
-            return  # lent out meanwhile: `idle` arms the timer again when it is back
+    def watch(self, delay: float) -> None:
+        """Make sure the timer fires within ``delay`` (it re-checks the deadline then): a
+        request sent on the connection arms it with the read timeout, costing no timer of
+        its own while one is pending."""
+        due = time.monotonic() + delay
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.detached or self.closed:
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            left = exchange.read_time_left()
+            if left > 0:
+                self.watch(left)
+            else:
+                exchange.origin_timed_out()
+            return
         left = self.idle_since + self._keepalive - time.monotonic()
         if left > 0:
-            self._idle_timer = asyncio.get_running_loop().call_later(left, self._on_idle)
+            self.watch(left)
         else:
             self.close()
 

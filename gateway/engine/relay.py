@@ -105,7 +105,7 @@ class Relay:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.response.head_done:
-            self.response.headers.append((name, value))
+            heads.response_header(self.response, name, value)
 
     def on_headers_complete(self) -> None:
         response = self.response

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-# The headers the policy and the engine read; all others are only forwarded.
-FIELDS = frozenset(
-    {
+# The headers the policy and the engine read, by lowercase name, with their key in
+# `Request.fields`; all others are only forwarded.
+FIELDS = {
+    name: name.decode()
+    for name in (
         b"host",
         b"accept",
         b"sec-fetch-dest",
@@ -25,8 +27,8 @@ FIELDS = frozenset(
         b"connection",
         b"expect",
         b"upgrade",
-    }
-)
+    )
+}
 # The ones that must not appear twice: a second one would be read differently by
 # different parsers (RFC 9112 §3.2, §6.3).
 SINGLE = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -48,17 +50,21 @@ class Request:
 
     __slots__ = (
         "chunked",
+        "connection_names",
         "content_length",
         "expect_continue",
         "fields",
+        "forwarded_for",
         "headers",
         "host",
         "keep_alive",
         "method",
+        "passed",
         "path",
         "target",
         "upgrade",
         "version",
+        "via",
     )
 
     def __init__(self) -> None:
@@ -67,6 +73,13 @@ class Request:
         self.path = "/"  # decoded for routing and classification (no query)
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
+        # Sorted while parsing (`gateway.engine.heads.origin_request` uses them): the
+        # header lines passed on as they are, the X-Forwarded-For and Via values the
+        # gateway appends to, and whether a Connection header names a header to drop.
+        self.passed: list[bytes] = []
+        self.forwarded_for: list[bytes] = []
+        self.via: list[bytes] = []
+        self.connection_names = False
         self.fields: dict[str, str] = {}
         self.host = ""
         self.keep_alive = True
@@ -123,10 +136,25 @@ class Request:
             self.expect_continue = self.has_body
 
 
+_HOSTS: dict[str, str] = {}  # Host values seen, checked, and what they name
+
+
 def _host(raw: str | None, target: bytes) -> str:
     """The lowercase, port-less host; an absolute-form target must name the same one."""
     if raw is None:
         raise BadRequest(400, "missing Host")
+    if target[:1] == b"/":  # origin-form: the Host header alone says it (checked once)
+        host = _HOSTS.get(raw)
+        if host is None:
+            host = _checked_host(raw, target)
+            if len(_HOSTS) >= 4096:
+                _HOSTS.clear()
+            _HOSTS[raw] = host
+        return host
+    return _checked_host(raw, target)
+
+
+def _checked_host(raw: str, target: bytes) -> str:
     host, colon, port = raw.rpartition(":")
     if not colon or not port.isdigit():
         host = raw

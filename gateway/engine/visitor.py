@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from gateway.engine import tunnel
+from gateway.engine import heads, tunnel
 from gateway.engine.framing import ChunkedScanner, FramingError, find_head_end
 from gateway.engine.request import FIELDS, SINGLE, BadRequest, Request
 
@@ -209,8 +209,9 @@ class VisitorConnection(asyncio.Protocol):
         value = value.rstrip(b" \t")  # llhttp drops leading whitespace, not trailing
         headers.append((name, value))
         lower = name.lower()
-        if lower in FIELDS:
-            key = lower.decode()
+        heads.request_header(request, name, lower, value)
+        key = FIELDS.get(lower)
+        if key is not None:
             if key in request.fields and lower in SINGLE:
                 raise BadRequest(400, f"{name.decode('latin-1')} sent twice")
             request.fields[key] = value.decode("latin-1")

@@ -321,6 +321,82 @@ async def test_a_pooled_connection_the_origin_closed_is_retried_for_idempotent_o
         assert reply.statuses == [502]  # a POST is never sent twice
 
 
+async def test_an_origin_that_goes_silent_times_out_each_time_it_stops_sending(
+    redis_node, gateways, store
+):
+    """``read_timeout_ms`` bounds each silence of the origin, not the whole response: a
+    body that keeps coming is relayed however long it takes; one that stops mid-way is
+    cut off (the response has started, so the visitor's connection is dropped) and its
+    PV given back; an origin that never answers gets 504.  The timeout is lowered (from
+    30 s) only so that the test does not wait that long."""
+
+    async def origin_handler(reader, writer, n):
+        while True:
+            head = await read_head(reader)
+            if b"/silent" in head:
+                await reader.read()  # never answers
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+            for _ in range(4):  # 0.2 s between bytes, 0.8 s in all: more than the timeout
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+            if b"/stall" in head:
+                await reader.read()  # 4 of 10 bytes, then nothing
+                return
+            writer.write(b"y" * 6)
+            await writer.drain()
+
+    async with raw_origin(origin_handler) as origin:
+        gw = gateway_for(gateways, redis_node, origin, upstream={"read_timeout_ms": 500})
+        await gw.wait_ready()
+        doc = b"Accept: text/html\r\nSec-Fetch-Dest: document\r\nConnection: close\r\n\r\n"
+        slow = await exchange(gw.port, [b"GET /trickle HTTP/1.1\r\n" + H + doc])
+        assert slow.responses()[0].body == b"xxxxyyyyyy"
+        started = time.monotonic()
+        stalled = await exchange(gw.port, [b"GET /stall HTTP/1.1\r\n" + H + doc])
+        assert stalled.closed
+        assert stalled.data.startswith(b"HTTP/1.1 200 ")
+        assert len(stalled.data.partition(b"\r\n\r\n")[2]) == 4  # cut off, not completed
+        assert 1.0 <= time.monotonic() - started < 3.5  # 0.8 s of bytes, then 0.5 s silent
+        silent = await exchange(gw.port, [b"GET /silent HTTP/1.1\r\n" + H + doc])
+        assert silent.statuses == [504]
+    assert await used(store) == 1  # only the page that was delivered whole
+
+
+async def test_an_idle_pooled_connection_is_closed_after_keepalive(redis_node, gateways, store):
+    """The pool closes an origin connection idle for ``keepalive_s`` (lowered from 30 s so
+    the test need not wait), and one in use is not closed however long it has lived."""
+    closed_at: list[float] = []
+
+    async def origin_handler(reader, writer, n):
+        while True:
+            try:
+                await read_head(reader)
+            except asyncio.IncompleteReadError:
+                closed_at.append(time.monotonic())
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_origin(origin_handler) as origin:
+        gw = gateway_for(gateways, redis_node, origin, upstream={"keepalive_s": 0.6})
+        await gw.wait_ready()
+        get = b"GET /k HTTP/1.1\r\n" + H + b"\r\n"
+        # Seven requests 0.2 s apart on one pooled connection: 1.2 s, twice the idle time.
+        last_get = b"GET /k HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n"
+        reply = await exchange(gw.port, [get] * 6 + [last_get], gap=0.2)
+        last = time.monotonic()
+        assert reply.statuses == [200] * 7
+        assert closed_at == []  # never idle long enough
+        for _ in range(40):
+            if closed_at:
+                break
+            await asyncio.sleep(0.05)
+        assert closed_at, "the idle connection was not closed"
+        assert 0.3 < closed_at[0] - last < 1.6
+
+
 async def test_server_header_of_the_gateway_and_of_the_origin(
     redis_node, gateways, aio_origin, store
 ):

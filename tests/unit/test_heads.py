@@ -1,0 +1,117 @@
+"""The heads the engine builds: headers sorted as parsed, hop-by-hop ones dropped, and
+those a Connection header names dropped too (RFC 9110 §7.6.1) — also when it names the
+very header that frames the body."""
+
+from __future__ import annotations
+
+from gateway.engine import heads
+from gateway.engine.origin import Origin
+from gateway.engine.request import Request
+
+ORIGIN = Origin.parse("http://127.0.0.1:8080/base/")
+
+
+def request_with(*headers: tuple[bytes, bytes]) -> Request:
+    request = Request()
+    request.method, request.target = "GET", b"/page?q=1"
+    for name, value in headers:
+        request.headers.append((name, value))
+        heads.request_header(request, name, name.lower(), value)
+        request.fields[name.lower().decode()] = value.decode()
+    request.complete()
+    return request
+
+
+def response_with(*headers: tuple[bytes, bytes], status: int = 200) -> heads.Response:
+    response = heads.Response()
+    response.status, response.reason = status, b"OK"
+    for name, value in headers:
+        heads.response_header(response, name, value)
+    return response
+
+
+def lines(head: bytes) -> list[bytes]:
+    return head.split(b"\r\n")
+
+
+def test_the_origin_request_keeps_end_to_end_headers_in_order_and_appends_its_own():
+    request = request_with(
+        (b"Host", b"shop.test"),
+        (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"Accept", b"text/html"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Via", b"1.0 edge"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"Cookie", b"a=1"),
+    )
+    assert not request.connection_names
+    head = heads.origin_request(request, ORIGIN, "192.0.2.7")
+    assert lines(head) == [
+        b"GET /base/page?q=1 HTTP/1.1",
+        b"Host: 127.0.0.1:8080",
+        b"Accept: text/html",
+        b"Cookie: a=1",
+        b"X-Forwarded-For: 10.0.0.1, 192.0.2.7",
+        b"X-Forwarded-Proto: http",
+        b"X-Forwarded-Host: shop.test",
+        b"Via: 1.0 edge, 1.1 pvgate",
+        b"",
+        b"",
+    ]
+
+
+def test_a_request_header_named_by_connection_is_not_forwarded():
+    request = request_with(
+        (b"Host", b"shop.test"),
+        (b"Connection", b"keep-alive, X-Secret"),
+        (b"X-Secret", b"s"),
+        (b"X-Kept", b"k"),
+    )
+    assert request.connection_names
+    head = heads.origin_request(request, ORIGIN, "192.0.2.7")
+    assert b"X-Kept: k\r\n" in head
+    assert b"X-Secret" not in head
+    assert b"Connection" not in head
+
+
+def test_connection_keep_alive_alone_takes_the_fast_path():
+    request = request_with((b"Host", b"shop.test"), (b"Connection", b"Keep-Alive"))
+    assert not request.connection_names
+
+
+def test_the_visitor_response_drops_hop_by_hop_and_named_headers():
+    response = response_with(
+        (b"Content-Type", b"text/html"),
+        (b"Connection", b"keep-alive, X-Internal"),
+        (b"X-Internal", b"i"),
+        (b"Keep-Alive", b"timeout=4"),
+        (b"Content-Length", b"3"),
+    )
+    request = request_with((b"Host", b"shop.test"))
+    head = heads.visitor_response(request, response, True)
+    assert lines(head) == [b"HTTP/1.1 200 OK", b"Content-Type: text/html", b"Content-Length: 3",
+                           b"", b""]  # fmt: skip
+    assert not response.chunked
+    assert response.keep_visitor
+
+
+def test_a_response_whose_connection_names_its_length_is_re_chunked():
+    """An origin that names Content-Length in Connection: the length is dropped, so the
+    body must be framed some other way, or the visitor's connection would desync."""
+    response = response_with((b"Content-Length", b"3"), (b"Connection", b"content-length"))
+    head = heads.visitor_response(request_with((b"Host", b"shop.test")), response, True)
+    assert b"Content-Length" not in head
+    assert b"Transfer-Encoding: chunked\r\n" in head
+    assert response.chunked
+    assert response.until_close
+
+
+def test_a_chunked_response_without_length_is_re_chunked_and_one_with_it_is_not():
+    chunked = response_with((b"Transfer-Encoding", b"chunked"))
+    head = heads.visitor_response(request_with((b"Host", b"shop.test")), chunked, True)
+    assert head.count(b"Transfer-Encoding: chunked") == 1
+    assert chunked.chunked
+    assert not chunked.until_close
+    plain = response_with((b"Content-Length", b"10"))
+    heads.visitor_response(request_with((b"Host", b"shop.test")), plain, True)
+    assert not plain.chunked
