@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # pvgate images (docs/architecture.md §9): multi-stage on slim Python 3.11; wheels are built
-# in the first stage, so the images that run hold no compiler; they run as a non-root user
-# with `pvgate` as the entrypoint.
+# in the first stage (the engine compiled there by mypyc, setup.py), so the images that run
+# hold no compiler; they run as a non-root user with `pvgate` as the entrypoint.
 #
 #   docker build -t pvgate:0.1.0 .                            # full: pvgate[all], every command
 #   docker build --target gateway -t pvgate:0.1.0-gateway .   # gateway: pvgate[gateway] only
@@ -24,7 +24,7 @@ RUN apt-get update \
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY metering ./metering
 COPY gateway ./gateway
 COPY billing ./billing

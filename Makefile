@@ -11,15 +11,19 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.test-installed: pyproject.toml | $(PY)
+# Installing compiles the data plane's hot modules (setup.py, metering/build.py): again
+# whenever one of their sources changes.
+BUILD_INPUTS := pyproject.toml setup.py metering/build.py $(shell sed -n "s/^    \"\(.*\.py\)\",$$/\1/p" metering/build.py)
+
+$(VENV)/.test-installed: $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-$(VENV)/.dev-installed: pyproject.toml | $(PY)
+$(VENV)/.dev-installed: $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@ $(VENV)/.test-installed $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml | $(PY)
+$(VENV)/.installed: $(BUILD_INPUTS) | $(PY)
 	$(PY) -m pip install -q -e '.[all]'
 	touch $@
 
@@ -40,4 +44,4 @@ bench: $(VENV)/.dev-installed
 	$(PY) -m benchmarks.proxy --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info build *.so gateway/engine/*.so

@@ -60,6 +60,7 @@ from benchmarks.proxy_parts import (
     workers_of,
 )
 from benchmarks.proxy_report import write_report
+from metering.build import build
 from metering.store import BalanceStore
 from pvgate.embedded import RedisServer
 from tests.helpers import package
@@ -216,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             origin = start_origin(stack, Path(tmp))
             asyncio.run(wait_ready(origin))
             rounds_of = f"{config['rounds']} rounds of {config['seconds']} s"
-            print(f"proxy benchmark: origin {origin.name}, wrk -t1 -c50 per worker, {rounds_of}")
+            print(f"proxy benchmark: origin {origin.name}, wrk -t1 -c50 per worker, {rounds_of}, "
+                  f"engine {build()}")  # fmt: skip
             result, runs = asyncio.run(measure(Path(tmp), redis, origin, config))
             result["origin"] = origin.name
         except Exception:  # set-up failed: say why, stop everything, report invalid
@@ -224,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.get("origin") != "nginx-origin":
         for entry in result["workers"].values():
             entry["nginx_ratio"] = None  # no nginx: nothing else stands in for it
-    result.update(config=config, targets=TARGETS, met=verdicts(result),
+    result.update(config=config, targets=TARGETS, met=verdicts(result), engine=build(),
                   valid=bool(runs) and not any(r.problems() for r in runs),
                   runs=[r.as_dict() for r in runs])  # fmt: skip
     report = write_report(result, OUT)

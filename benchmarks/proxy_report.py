@@ -17,7 +17,7 @@ def markdown(result: dict[str, Any], chart: str | None) -> str:
     lines = [
         "# pvgate proxy benchmark",
         "",
-        f"Origin: {result.get('origin', '?')}; "
+        f"Origin: {result.get('origin', '?')}; engine: {result.get('engine', '?')}; "
         f"{result['config']['rounds']} rounds of {result['config']['seconds']} s per contender, "
         "interleaved; wrk -t1 -c50 per worker; every request a page view.",
         "",

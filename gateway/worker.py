@@ -32,6 +32,7 @@ from gateway.policy import Policy
 from gateway.routing import SiteWatcher
 from gateway.settings import GatewaySettings
 from metering import BalanceStore, Meter, metrics
+from metering.build import build
 from metering.logs import configure_logging
 from metering.usage import UsageRecorder
 
@@ -139,7 +140,7 @@ async def _serve(settings: GatewaySettings, metrics_dir: Path, sock: socket.sock
         await engine.serve(sock)
         ready = metrics_dir / f"ready-{os.getpid()}"
         marking = asyncio.create_task(_mark_ready(sites, ready))
-        log.info("worker serving on %s", settings.listen)
+        log.info("worker serving on %s (%s)", settings.listen, build())
         await stop.wait()
         marking.cancel()
         ready.unlink(missing_ok=True)

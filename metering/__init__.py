@@ -3,6 +3,11 @@
 Everything here is independent of the gateway and billing packages; both import it.
 """
 
+# First: it chooses the compiled modules or their sources, before any of them is imported.
+import metering.build  # noqa: F401
+
+# isort: split
+
 from metering.buckets import Bucket, BucketKind, BucketStatus, Snapshot
 from metering.errors import (
     BucketConflict,

@@ -119,7 +119,7 @@ def _wecom_send(args: argparse.Namespace) -> int:
 
 
 def _add_wecom_send(commands: Any) -> None:
-    # Issue 10: one signed, encrypted WeCom event to a running demo, and its relay received.
+    # One signed, encrypted WeCom event to a running demo, and its relay received.
     send = commands.add_parser("wecom-send", help="send one WeCom event and watch its relay")
     send.add_argument("--admin", default="http://127.0.0.1:8081", help="billing's admin URL")
     send.add_argument("--token", required=True, help="an ops token (the demo prints one)")

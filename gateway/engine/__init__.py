@@ -15,4 +15,6 @@
 
 The engine knows no business rules: routing, classification, charging, block pages and
 give-back live in `gateway.policy` and `gateway.charging` (docs/architecture.md §4).
+
+Its modules are compiled by mypyc when pvgate is built (setup.py, `metering.build`).
 """

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pvgate.engine.origin")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Origin:
-    """Where a site's origin is, parsed once from its URL."""
+    """Where a site's origin is, parsed once from its URL: `OriginPool.origin` makes one per
+    URL, so an Origin is equal only to itself (and hashing one costs nothing)."""
 
     scheme: str
     host: str

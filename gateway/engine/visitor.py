@@ -254,10 +254,15 @@ class VisitorConnection(asyncio.Protocol):
             self._started = self._last_read = time.monotonic()
             self._arm(min(self.limits.body_idle_timeout_s, self.limits.body_timeout_s))
         # else the pending head timer is left to find nothing due (cheaper than a cancel)
-        self.exchange = self.engine.exchange(self, request)
-        self.exchange.start()
-        if done and self.exchange is not None:
-            self.exchange.body_end()
+        exchange = self.exchange = self.engine.exchange(self, request)
+        exchange.start()
+        if done and self._current() is exchange:  # not answered by `start` already
+            exchange.body_end()
+
+    def _current(self) -> Exchange | None:
+        """The exchange in progress, read afresh (a call may have ended the one a caller
+        holds; mypy's narrowing, which mypyc enforces, would not know)."""
+        return self.exchange
 
     def response_done(self, keep_alive: bool) -> None:
         """The exchange wrote its whole response; the next request may be read."""

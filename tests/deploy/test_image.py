@@ -115,7 +115,15 @@ def test_the_build_context_leaves_out_what_the_image_does_not_need():
     ]
     assert rules[0] == "*", "everything is left out unless named"
     kept = {r[1:].rstrip("/") for r in rules if r.startswith("!")}
-    assert kept == {"pyproject.toml", "README.md", "metering", "gateway", "billing", "pvgate"}
+    assert kept == {
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "metering",
+        "gateway",
+        "billing",
+        "pvgate",
+    }
     copied = {
         src
         for stage in stages().values()

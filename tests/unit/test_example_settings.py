@@ -1,4 +1,5 @@
-"""``examples/gateway.toml`` documents every gateway setting, each with its default."""
+"""``examples/gateway.toml`` and ``examples/billing.toml`` document every setting of
+the gateway and of billing, each with its default."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from billing.settings import BillingSettings, load_billing_settings
 from gateway.settings import GatewaySettings, SiteEntry, load_settings
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway.toml"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+EXAMPLE = EXAMPLES / "gateway.toml"
 
 
 def fields(cls: type, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
@@ -26,12 +31,15 @@ def fields(cls: type, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     return found
 
 
-def test_every_setting_is_in_the_example_with_its_default():
-    example = tomllib.loads(EXAMPLE.read_text())
-    for path, default in fields(GatewaySettings).items():
+@pytest.mark.parametrize(
+    ("name", "settings"), [("gateway.toml", GatewaySettings), ("billing.toml", BillingSettings)]
+)
+def test_every_setting_is_in_the_example_with_its_default(name: str, settings: type):
+    example = tomllib.loads((EXAMPLES / name).read_text())
+    for path, default in fields(settings).items():
         value: Any = example
         for part in path:
-            assert part in value, f"{'.'.join(path)} is not documented in {EXAMPLE.name}"
+            assert part in value, f"{'.'.join(path)} is not documented in {name}"
             value = value[part]
         expected = list(default) if isinstance(default, tuple) else default
         assert value == expected, f"{'.'.join(path)}: example {value!r}, default {default!r}"
@@ -40,3 +48,8 @@ def test_every_setting_is_in_the_example_with_its_default():
 def test_the_example_loads():
     settings = load_settings(EXAMPLE, env={})
     assert settings.sites()[0].host == "landing.example.com"
+
+
+def test_the_billing_example_loads():
+    settings = load_billing_settings(EXAMPLES / "billing.toml", env={})
+    assert settings == BillingSettings()
