@@ -3,8 +3,8 @@
 The per-request code of the data plane — the engine, the policy and the Charger in
 `gateway`, the Meter and its connection in `metering` — is compiled to C extensions when
 pvgate is installed (setup.py reads `COMPILED` from this file without running it).  Should
-a source be newer than its compiled module (an edit since the last ``make``), or a
-compiled module be missing, every one of them runs from its source instead, with a
+a source be newer than its compiled module in a source checkout (an edit since the last
+``make``), or a compiled module be missing, every one of them runs from its source instead, with a
 warning: compiled modules call each other directly, so they are never mixed with sources.
 Importing this module settles it, and `metering/__init__.py` imports it before anything
 else; `build` tells which runs.
@@ -59,10 +59,14 @@ def _why_sources() -> str | None:
     found = {name: _compiled(source) for name, source in _MODULES.items()}
     if not any(found.values()):
         return ""  # built without them (PVGATE_COMPILE=0, or no compiler)
+    # In a source checkout (an editable install: setup.py beside the packages) a source
+    # may have been edited since it was compiled.  An installed wheel was built in one go,
+    # and its files' times are those of the installation, in no particular order.
+    checkout = (_ROOT / "setup.py").exists()
     stale = [
         str(_MODULES[name].relative_to(_ROOT))
         for name, path in found.items()
-        if path is not None and path.stat().st_mtime < _MODULES[name].stat().st_mtime
+        if checkout and path is not None and path.stat().st_mtime < _MODULES[name].stat().st_mtime
     ]
     if stale:
         return f"{', '.join(stale)} changed since compiled"

@@ -184,5 +184,8 @@ def test_the_image_builds_and_runs_pvgate_help(target):
         gateway = run("docker", "run", "--rm", "--entrypoint", "python", tag, "-c",
                       "import uvloop, httptools, gateway.server")  # fmt: skip
         assert gateway.returncode == 0, gateway.stderr
+        built_as = run("docker", "run", "--rm", "--entrypoint", "python", tag, "-c",
+                       "import metering.build as b; print(b.build())")  # fmt: skip
+        assert built_as.stdout.strip() == "compiled", built_as.stderr  # mypyc, setup.py
     finally:
         run("docker", "image", "rm", "--force", tag)
