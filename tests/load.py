@@ -30,7 +30,7 @@ def connect(target: Target) -> Redis | RedisCluster:
 async def _storm(target: Target, enterprise: str, callers: int, barrier: Any) -> dict[str, int]:
     client = connect(target)
     await client.ping()
-    meter = Meter(client, timeout=5.0)
+    meter = Meter(client)
     await meter.prepare()
     outcomes: Counter[str] = Counter()
 

@@ -34,7 +34,7 @@ async def redis(redis_node: RedisServer) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def store(redis: Redis) -> BalanceStore:
-    return BalanceStore(redis, timeout=5.0)
+    return BalanceStore(redis)
 
 
 @pytest.fixture

@@ -81,9 +81,9 @@ async def race(db: Database, redis_node: RedisServer, redis: Redis, runs: int) -
     other_db = Database(db.url)
     other_redis = single_client(redis_node)
     clock = Clock()
-    a = Rig(db, BalanceStore(redis, timeout=5), clock, alert_settings(), owner="billing-a")
+    a = Rig(db, BalanceStore(redis), clock, alert_settings(), owner="billing-a")
     b = Rig(
-        other_db, BalanceStore(other_redis, timeout=5), clock, alert_settings(), owner="billing-b"
+        other_db, BalanceStore(other_redis), clock, alert_settings(), owner="billing-b"
     )
     try:
         await UsageConsumer(db, redis, "c0").ensure_group()

@@ -93,6 +93,8 @@ async def used_now(group: SentinelGroup, enterprise: str) -> int:
                                 for k, v in redis_section(group).items()})  # fmt: skip
     client = await settings.open()
     try:
+        # 5 s, not the default 1 s: just after a failover the client first asks the
+        # sentinels for the new master and connects to it.
         snapshot = await BalanceStore(client, timeout=5).snapshot(enterprise)
     finally:
         await client.aclose()

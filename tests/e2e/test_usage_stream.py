@@ -35,7 +35,7 @@ async def test_usage_entries_equal_used_counters_after_sigterm_mid_load(
         await store.credit(enterprise, package("p", 10**6, at=1))
     gw = gateways(
         {
-            "redis": {**redis_config(servers), "timeout_ms": 2000},
+            "redis": redis_config(servers),
             "workers": 2,
             "usage_flush_ms": 200,
             "site": [

@@ -16,7 +16,7 @@ from tests.helpers import gift, package
 async def test_thousand_enterprises_on_all_masters_without_crossslot(redis_cluster):
     redis_cluster.flushall()
     client = await cluster_client(redis_cluster).initialize()
-    store, meter = BalanceStore(client), Meter(client, timeout=5.0)
+    store, meter = BalanceStore(client), Meter(client)
     await meter.prepare()
     enterprises = [f"corp{i:04d}" for i in range(1000)]
     for e in enterprises:

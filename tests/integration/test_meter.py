@@ -29,7 +29,7 @@ async def test_first_waiters_are_granted_at_the_zero_boundary(client):
     """10 waiters, 5 PV, batches of 3: the first 5 in arrival order get the PV."""
     await BalanceStore(client).credit("edge", gift("g", 2))
     await BalanceStore(client).credit("edge", package("p", 3, at=1))
-    meter = Meter(client, max_batch=3, timeout=2.0)
+    meter = Meter(client, max_batch=3)
     await meter.prepare()  # as the gateway does: on a single node, its own connection
     calls_before = sample("pvgate_meter_batch_size_count")
     results = await asyncio.gather(*(meter.debit("edge") for _ in range(10)))
@@ -43,7 +43,7 @@ async def test_waiters_of_different_enterprises_share_one_flush(client):
     store = BalanceStore(client)
     for i in range(20):
         await store.credit(f"e{i}", gift("g", 1))
-    meter = Meter(client, timeout=2.0)
+    meter = Meter(client)
     await meter.prepare()
     rounds_before = sample("pvgate_meter_duration_seconds_count")
     results = await asyncio.gather(*(meter.debit(f"e{i % 20}") for i in range(40)))
@@ -58,7 +58,7 @@ async def test_waiters_of_different_enterprises_share_one_flush(client):
 async def test_abandoned_grant_goes_back(client):
     store = BalanceStore(client)
     await store.credit("gone", gift("g", 5))
-    meter = Meter(client, timeout=2.0)
+    meter = Meter(client)
     await meter.prepare()
     waiting = asyncio.ensure_future(meter.debit("gone"))
     await asyncio.sleep(0)  # queued, not yet flushed
@@ -74,7 +74,7 @@ async def test_script_flush_mid_stream_fails_no_debit(client, servers):
     enterprises = [f"flush-{i}" for i in range(8)]
     for e in enterprises:
         await store.credit(e, package("p", 10**6))
-    meter = Meter(client, timeout=2.0)
+    meter = Meter(client)
     await meter.prepare()
     admins = [Redis(host=n.host, port=n.port) for n in nodes_of(servers)]
     noscript_before = sample("pvgate_redis_errors_total", kind="noscript")

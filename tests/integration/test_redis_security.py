@@ -65,7 +65,7 @@ async def test_a_client_certificate_when_redis_asks_for_one(pki, tls_node):
         without = await settings(server, pki).open()
         try:
             with pytest.raises(MeterError):
-                await BalanceStore(without, timeout=2).snapshot("cert-a")
+                await BalanceStore(without).snapshot("cert-a")
         finally:
             await without.aclose()
 
@@ -85,9 +85,9 @@ async def test_a_wrong_password_or_an_unknown_ca_is_refused_clearly(tls_node, pk
     ).open()
     try:
         with pytest.raises(MeterError, match=r"(?i)password|auth"):
-            await BalanceStore(wrong, timeout=2).snapshot("x")
+            await BalanceStore(wrong).snapshot("x")
         with pytest.raises(MeterError, match=r"(?i)certificate"):
-            await BalanceStore(untrusted, timeout=2).snapshot("x")
+            await BalanceStore(untrusted).snapshot("x")
         meter = Meter(wrong)
         with pytest.raises(MeterError):
             await meter.debit("x")

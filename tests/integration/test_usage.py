@@ -194,6 +194,7 @@ async def flush_until_written(recorder: UsageRecorder, seconds: float = 15) -> i
 
 @pytest.mark.timeout(120)
 async def test_a_failed_entry_is_retried_with_its_seq_before_newer_ones(fragile):
+    # 0.5 s instead of the default 1 s: the test waits out several failed flushes.
     recorder = UsageRecorder(fragile.client, "gw-down", timeout=0.5)
     recorder.record("e", "b", 1)
     fragile.victim.kill()
@@ -221,6 +222,7 @@ async def test_a_failed_entry_is_retried_with_its_seq_before_newer_ones(fragile)
 
 @pytest.mark.timeout(120)
 async def test_a_full_buffer_drops_the_oldest_entries_and_counts_their_pv(fragile):
+    # A shorter timeout and a tiny buffer, so that the buffer fills within the test.
     recorder = UsageRecorder(fragile.client, "gw-full", timeout=0.5, max_pending_rows=3)
     fragile.victim.kill()
     dropped_before = sample("pvgate_usage_dropped_total")

@@ -68,6 +68,8 @@ async def test_too_few_replicas_fail_the_round_and_give_the_pv_back(redis_node, 
     client = client_of(redis_node)
     enterprise = f"w-short-{own_connection}"
     await BalanceStore(client).credit(enterprise, package("p", 100))
+    # 200 ms, not 50: WAIT gets half of the deadline, and the round must end by WAIT's
+    # short answer (naming the replicas) rather than by the deadline firing first.
     meter = Meter(client, wait_replicas=1, timeout=0.2)
     if own_connection:
         await meter.prepare()
