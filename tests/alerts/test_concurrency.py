@@ -82,9 +82,7 @@ async def race(db: Database, redis_node: RedisServer, redis: Redis, runs: int) -
     other_redis = single_client(redis_node)
     clock = Clock()
     a = Rig(db, BalanceStore(redis), clock, alert_settings(), owner="billing-a")
-    b = Rig(
-        other_db, BalanceStore(other_redis), clock, alert_settings(), owner="billing-b"
-    )
+    b = Rig(other_db, BalanceStore(other_redis), clock, alert_settings(), owner="billing-b")
     try:
         await UsageConsumer(db, redis, "c0").ensure_group()
         for run in range(runs):
