@@ -7,8 +7,8 @@ commit.  So a consumer killed between read and commit leaves the entries pending
 consumer, or itself after a restart, claims them with XAUTOCLAIM), and one killed between
 commit and XACK sees them again and skips them by their keys: nothing is lost, nothing is
 counted twice.  An entry that cannot be parsed, or that the database refuses
-``max_deliveries`` times, goes to the dead-letter stream ``pvgate:usage:dead`` (about its
-newest ``DEAD_LETTERS_MAX`` kept) and is counted in a metric.
+``max_deliveries`` times, goes to the dead-letter stream ``pvgate:usage:dead`` (capped by
+`billing.retention` at ``[retention] dead_letters_max``) and is counted in a metric.
 
 A database that cannot be reached refuses nothing: the batch stays pending and the
 consumer waits; stale entries are claimed (and their deliveries counted towards the dead
@@ -43,7 +43,6 @@ from metering.scripts import RedisClient
 log = logging.getLogger("pvgate.consumer")
 
 DEAD_LETTER_STREAM = f"{USAGE_STREAM}:dead"
-DEAD_LETTERS_MAX = 100_000  # the retention default; each XADD trims about to it as well
 GROUP = "billing"
 
 ENTRIES = MetricCounter(
@@ -315,9 +314,7 @@ class UsageConsumer:
 
     async def _dead_letter(self, stream_id: str, fields: dict[str, str], why: str) -> None:
         letter: dict[Any, Any] = {**fields, "source_id": stream_id, "error": why[:500]}
-        await self.client.xadd(
-            DEAD_LETTER_STREAM, letter, maxlen=DEAD_LETTERS_MAX, approximate=True
-        )
+        await self.client.xadd(DEAD_LETTER_STREAM, letter)
         await self.client.xack(USAGE_STREAM, GROUP, stream_id)
         DEAD_LETTERS.inc()
         log.error("usage entry %s dead-lettered: %s", stream_id, why)

@@ -116,22 +116,21 @@ async def cap_dead_letters(client: RedisClient, keep: int) -> int:
     return int(await client.xtrim(DEAD_LETTER_STREAM, maxlen=keep, approximate=True))
 
 
-async def purge_idempotency(db: Database, older_than: timedelta) -> int:
+async def _purge_before(db: Database, column: sa.Column[datetime], older_than: timedelta) -> int:
+    """Delete the rows of ``column``'s table whose ``column`` is older than that."""
     cutoff = datetime.now(UTC) - older_than
     async with db.begin() as conn:
-        result = await conn.execute(
-            idempotency_records.delete().where(idempotency_records.c.created_at < cutoff)
-        )
+        result = await conn.execute(sa.delete(column.table).where(column < cutoff))
     return int(result.rowcount or 0)
+
+
+async def purge_idempotency(db: Database, older_than: timedelta) -> int:
+    """Stored responses, and claims a crash left without one (the key is free again)."""
+    return await _purge_before(db, idempotency_records.c.created_at, older_than)
 
 
 async def purge_usage_batches(db: Database, older_than: timedelta) -> int:
-    cutoff = datetime.now(UTC) - older_than
-    async with db.begin() as conn:
-        result = await conn.execute(
-            usage_batches.delete().where(usage_batches.c.recorded_at < cutoff)
-        )
-    return int(result.rowcount or 0)
+    return await _purge_before(db, usage_batches.c.recorded_at, older_than)
 
 
 async def purge_wecom(db: Database, older_than: timedelta) -> int:

@@ -49,6 +49,14 @@ BucketId = Annotated[
 ]
 """A balance bucket (package or gift) id, as metering accepts it."""
 
+WeComUserId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
+]
+"""A WeCom ``userid``: 1-64 letters, digits and ``. _ - @``."""
+
+CorpId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+"""A WeCom corp id."""
+
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 

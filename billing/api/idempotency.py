@@ -137,18 +137,6 @@ class IdempotencyStore:
         """Give the key back after a failure, so that a retry runs the handler."""
         await self.finish(actor, key, 500, b"")
 
-    async def purge(self, older_than: timedelta) -> int:
-        """Delete stored responses older than ``older_than`` (a scheduler job); returns count."""
-        cutoff = datetime.now(UTC) - older_than
-        async with self.db.begin() as conn:
-            result = await conn.execute(
-                idempotency_records.delete().where(
-                    idempotency_records.c.created_at < cutoff,
-                    idempotency_records.c.status != _PENDING,
-                )
-            )
-        return result.rowcount
-
     async def _claim(self, actor: str, key: str, fingerprint: str) -> StoredResponse | None:
         # Two rounds: an insert that loses a race is followed by a read of the winner.
         for _ in range(2):

@@ -19,10 +19,10 @@ from billing.alerts.history import DeliveryHistory, EventHistory
 from billing.alerts.kinds import SETTINGS as SETTINGS_CHANGED
 from billing.api import services
 from billing.api.context import RequestContext
+from billing.api.fields import CorpId, WeComUserId
 from billing.api.framework import Api, ApiModel, Id, ParamInt, QueryTime, Text
 from billing.api.services import ALERTS, SETTINGS
 from billing.errors import BillingError, ValidationFailed
-from billing.outbound import OutboundPolicy
 
 api = Api()
 
@@ -32,8 +32,6 @@ RobotKey = Annotated[
         pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
     ),
 ]
-UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
-CorpId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 AppSecret = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 KindName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 Day = Annotated[StrictInt, Field(ge=1, le=366)]
@@ -62,7 +60,7 @@ class AppIn(ApiModel):
     corp_id: CorpId
     agent_id: StrictInt = Field(ge=1, le=2**31 - 1)
     secret: AppSecret | None = Field(default=None, description="omit to keep the stored one")
-    to_users: list[UserId] = Field(min_length=1, max_length=1000)
+    to_users: list[WeComUserId] = Field(min_length=1, max_length=1000)
 
     @field_validator("to_users")
     @classmethod
@@ -190,8 +188,7 @@ async def put_alerts(ctx: RequestContext, body: AlertsIn, enterprise_id: Id) -> 
     secret is in this answer only.  Evaluated at once: a threshold above the balance alerts
     now."""
     await services.visible_enterprise(ctx, enterprise_id)
-    conf = ctx.app[SETTINGS].alerts
-    policy = OutboundPolicy.build(allow_http=conf.allow_http, allow_addresses=conf.allow_addresses)
+    policy = ctx.app[ALERTS].policy
     with _in_body():
         saved = await config.save(
             ctx.db, ctx.audit, enterprise_id, _spec(body), now=services.now(ctx), policy=policy

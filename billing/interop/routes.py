@@ -10,13 +10,14 @@ DELETE /v1/enterprises/{id}/interop/members/{userid}   free a member's account
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, StrictBool, StrictInt, StringConstraints, model_validator
+from pydantic import Field, StrictBool, StrictInt, model_validator
 
 from billing import operations
 from billing.api import services
 from billing.api.context import RequestContext
+from billing.api.fields import WeComUserId
 from billing.api.framework import Api, ApiModel, Id, Text, Timestamp
 from billing.api.routes_orders import OrderOut, order_out
 from billing.api.services import SETTINGS
@@ -28,11 +29,6 @@ from billing.interop.rules import INTEROP_SKU
 from billing.interop.runtime import INTEROP
 
 api = Api()
-
-UserId = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")
-]
-"""A WeCom ``userid``: 1-64 letters, digits and ``. _ - @``."""
 
 
 class TrialOut(ApiModel):
@@ -220,7 +216,7 @@ async def patch_interop(ctx: RequestContext, body: TrialPatch, enterprise_id: Id
 
 
 class MemberIn(ApiModel):
-    userid: UserId = Field(description="the member's WeCom userid")
+    userid: WeComUserId = Field(description="the member's WeCom userid")
 
 
 @api.route(
@@ -257,7 +253,7 @@ async def assign_member(ctx: RequestContext, body: MemberIn, enterprise_id: Id) 
     audit_action="interop.member_free",
 )
 async def free_member(
-    ctx: RequestContext, body: None, enterprise_id: Id, userid: UserId
+    ctx: RequestContext, body: None, enterprise_id: Id, userid: WeComUserId
 ) -> MemberOut:
     """The account is free for another member at once."""
     await services.visible_enterprise(ctx, enterprise_id)

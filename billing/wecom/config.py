@@ -9,26 +9,19 @@ rotates it, and shown in that answer only.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from billing.alerts.config import new_signing_secret
 from billing.audit import Auditor
 from billing.db import Database
 from billing.interop.accounts import lock_enterprise
 from billing.interop.records import WeComSettingsRow
 from billing.interop.tables import wecom_settings
-
-SECRET_PREFIX = "whsec_"
-
-
-def new_relay_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def mask(secret: str) -> str:
@@ -83,7 +76,7 @@ async def put_settings(
     async with db.begin() as conn:
         await lock_enterprise(conn, new.enterprise_id)
         before = await read_settings(conn, new.enterprise_id)
-        made = new_relay_secret() if before is None or rotate else None
+        made = new_signing_secret() if before is None or rotate else None
         new = dataclasses.replace(new, relay_secret=made or (before.relay_secret if before else ""))
         values = dataclasses.asdict(new)
         if before is None:

@@ -14,13 +14,13 @@ from pydantic import Field, StrictBool, StringConstraints
 
 from billing.api import services
 from billing.api.context import RequestContext
-from billing.api.fields import ParamInt
+from billing.api.fields import CorpId, ParamInt
 from billing.api.framework import Api, ApiModel, Id, QueryTime, Text
-from billing.api.services import SETTINGS
+from billing.api.services import ALERTS
 from billing.errors import NotFound, ValidationFailed
 from billing.interop.records import WeComEventRow, WeComSettingsRow
 from billing.interop.runtime import INTEROP
-from billing.outbound import OutboundPolicy, OutboundRefused
+from billing.outbound import OutboundRefused
 from billing.wecom import callback
 from billing.wecom.config import MaskedSettings, put_settings, read_settings
 from billing.wecom.events import list_events
@@ -31,7 +31,6 @@ Token = Annotated[str, StringConstraints(min_length=3, max_length=32, pattern=r"
 AesKey = Annotated[
     str, StringConstraints(min_length=43, max_length=43, pattern=r"^[A-Za-z0-9]{43}$")
 ]
-CorpId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class WeComIn(ApiModel):
@@ -87,12 +86,8 @@ async def put_wecom(ctx: RequestContext, body: WeComIn, enterprise_id: Id) -> We
     unless ``[alerts]`` allows otherwise).  Secrets are masked in the answer, except the
     relay's signing secret when this PUT made it (the first, or ``rotate_relay_secret``)."""
     await services.visible_enterprise(ctx, enterprise_id)
-    alerts = ctx.app[SETTINGS].alerts
-    policy = OutboundPolicy.build(
-        allow_http=alerts.allow_http, allow_addresses=alerts.allow_addresses
-    )
     try:
-        policy.check_url(body.relay_url)
+        ctx.app[ALERTS].policy.check_url(body.relay_url)
     except (OutboundRefused, ValueError) as exc:
         raise ValidationFailed("relay_url", str(exc)) from None
     row = WeComSettingsRow(
