@@ -39,6 +39,7 @@ COMPILED = (
     "metering/meter.py",
     "metering/metrics.py",
     "metering/pipe.py",
+    "metering/rounds.py",
     "metering/usage.py",
 )
 GROUP = "pvgate__mypyc"  # the library the compiled modules share

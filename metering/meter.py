@@ -109,6 +109,7 @@ class Meter:
         # WAIT returns within half the deadline, so that a replica that lags only shows.
         self._wait = (wait_replicas, max(1, int(timeout * 500))) if wait_replicas else None
         self._rounds = ClientRounds(client, self._wait)
+        self._wait_packed = pack("WAIT", *self._wait) if self._wait else b""  # ends each round
         self._timeout = timeout
         self._max_batch = max_batch
         self._max_pipeline = max_pipeline
@@ -246,9 +247,7 @@ class Meter:
     ) -> None:
         """The usual round: one write on the pipe; the replies resolve it in a callback."""
         calls = self._calls(group)
-        packed = b"".join(self._debit_command(e, n) for e, n in calls)
-        if self._wait is not None:
-            packed += pack("WAIT", *self._wait)
+        packed = b"".join([*(self._debit_command(e, n) for e, n in calls), self._wait_packed])
         started = time.perf_counter()
         # A round still unanswered at the reply limit means a stuck connection: drop it.
         deadline = self._deadline(group, len(calls), round_, on_limit=pipe.abort)

@@ -208,11 +208,8 @@ class Exchange:
         return self.request.keep_alive and self._body_done and not self.engine.stopping
 
     def _local(self, local: Local) -> None:
-        keep_alive = self.may_keep_alive()
-        page = local.page.render(keep_alive, head_only=self.request.method == "HEAD")
-        self.visitor.write(page)
         self.engine.policy.sent(local)
-        self._done(keep_alive)
+        self._write_page(local)
 
     # The origin ----------------------------------------------------------------------------
 
@@ -351,11 +348,12 @@ class Exchange:
         giving_back = self.engine.policy.finished(forward, failed=True) if forward else None
         local = self.engine.policy.upstream_failed[status]
         if giving_back is None:
-            self._answer_failure(local)
+            self._write_page(local)
         else:
-            giving_back.add_done_callback(lambda _: self._answer_failure(local))
+            giving_back.add_done_callback(lambda _: self._write_page(local))
 
-    def _answer_failure(self, local: Local) -> None:
+    def _write_page(self, local: Local) -> None:
+        """A page of the gateway's own as the whole response."""
         keep_alive = self.may_keep_alive()
         self.visitor.write(local.page.render(keep_alive, head_only=self.request.method == "HEAD"))
         self._done(keep_alive)

@@ -75,7 +75,6 @@ class OriginConnection(asyncio.Protocol):
         self.upload = False  # lent to an exchange that streams its body
         self.reused = False  # has served an exchange before the current one
         self.closed = False
-        self.detached = False
         self.counted_out = False
         self.write_paused = False
         self.idle_since = 0.0
@@ -100,9 +99,7 @@ class OriginConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.stop_timer()
         self.pool.lost(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
@@ -145,9 +142,14 @@ class OriginConnection(asyncio.Protocol):
         self._timer_due = due
         self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _on_timer(self) -> None:
         self._timer = None
-        if self.detached or self.closed:
+        if self.closed:
             return
         exchange = self.exchange
         if exchange is not None:
@@ -329,7 +331,7 @@ class OriginPool:
 
     def detach(self, conn: OriginConnection) -> None:
         """``conn`` leaves the pool for good (it became a tunnel): its slot is free."""
-        conn.detached = True
+        conn.stop_timer()  # the tunnel has timeouts of its own
         self.lost(conn)
 
     def lost(self, conn: OriginConnection) -> None:

@@ -101,13 +101,11 @@ class FakeWeCom:
     callback_base: str
     session: aiohttp.ClientSession
     url: str = ""
-    calls: int = 0
     clock: Callable[[], datetime] | None = None  # timestamps are its time (default: now)
 
     async def _call(
         self, method: str, url: str, params: dict[str, str], body: bytes | None
     ) -> tuple[int, str]:
-        self.calls += 1
         async with self.session.request(method, url, params=params, data=body) as resp:
             return resp.status, await resp.text()
 

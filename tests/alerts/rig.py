@@ -8,7 +8,6 @@ worker until nothing is due *at the clock's time* — no sleeping, the clock is 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -153,7 +152,7 @@ class Rig:
             made += started
             if not started:
                 return made
-        raise AssertionError("deliveries still due after {rounds} rounds")
+        raise AssertionError(f"deliveries still due after {rounds} rounds")
 
     async def events(self, enterprise_id: str = ENT) -> list[EventRow]:
         async with self.db.engine.connect() as conn:
@@ -182,7 +181,3 @@ class Rig:
                 .order_by(alert_attempts.c.number)
             )
             return [AttemptRow.from_row(r) for r in rows]
-
-
-def with_alerts(settings: BillingSettings, **alerts: Any) -> BillingSettings:
-    return dataclasses.replace(settings, alerts=dataclasses.replace(settings.alerts, **alerts))

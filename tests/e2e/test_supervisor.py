@@ -5,16 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import time
 
 from pvgate.embedded import free_port
 from tests.e2e.harness import redis_config
-
-
-def workers_of(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in found.stdout.split()]
 
 
 def alive(pid: int) -> bool:
@@ -28,8 +22,8 @@ def alive(pid: int) -> bool:
 async def test_workers_stop_when_the_supervisor_is_killed(redis_node, gateways):
     gw = gateways({"redis": redis_config(redis_node), "workers": 2})
     await gw.wait_ready()
-    children = workers_of(gw.process.pid)
-    assert len(children) >= 2
+    children = gw.workers()
+    assert len(children) == 2
     gw.process.send_signal(signal.SIGKILL)
     gw.process.wait(10)
     deadline = time.monotonic() + 20  # SIGTERM: each finishes within its shutdown grace
