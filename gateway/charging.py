@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
+from typing import Final
 
 from gateway.metrics import (
     BREAKER_OPEN,
@@ -36,34 +36,43 @@ from gateway.metrics import (
 from gateway.settings import FailureSection
 from metering import BalanceStore, Meter, MeterError, MeterNotSent
 from metering.buckets import Refusal
+from metering.deadline import Then
 from metering.meter import DebitResult
 from metering.usage import UsageRecorder
 
-log = logging.getLogger("pvgate.charging")
+log: Final = logging.getLogger("pvgate.charging")
 
 
-@dataclass(frozen=True, slots=True)
+# Plain classes: compiled, a dataclass's generated __init__ would run interpreted
+# (docs/architecture.md §4 "Compiled").
 class Granted:
-    bucket_id: str
+    __slots__ = ("bucket_id",)
+
+    def __init__(self, bucket_id: str) -> None:
+        self.bucket_id = bucket_id
 
 
-@dataclass(frozen=True, slots=True)
 class Blocked:
-    reason: Refusal
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: Refusal) -> None:
+        self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
 class Unmetered:
     """Served without a debit (fail-open); ``replay``: queued to be debited later."""
 
-    replay: bool
+    __slots__ = ("replay",)
+
+    def __init__(self, replay: bool) -> None:
+        self.replay = replay
 
 
 class _Unavailable:
     """Not served: Redis is failing and no allowance is left, or fail-closed."""
 
 
-UNAVAILABLE = _Unavailable()
+UNAVAILABLE: Final = _Unavailable()
 _REPLAY, _UNBILLED = Unmetered(replay=True), Unmetered(replay=False)
 Charge = Granted | Blocked | Unmetered | _Unavailable
 
@@ -137,37 +146,27 @@ class Charger:
             return None
         return entry[0]
 
-    async def charge(self, enterprise_id: str) -> Charge:
-        """Charge one page view of ``enterprise_id`` (see `charge_nowait`)."""
-        charge = self.charge_nowait(enterprise_id)
-        if not isinstance(charge, asyncio.Future):
-            return charge
-        with contextlib.suppress(MeterError):
-            await charge
-        return self.settle(enterprise_id, charge)
-
-    def charge_nowait(self, enterprise_id: str) -> Charge | asyncio.Future[DebitResult]:
-        """The charge now (a cached refusal, the breaker open), or the Meter's debit to
-        wait for and hand to `settle`."""
+    def charge_then(self, enterprise_id: str, then: Then) -> Charge | None:
+        """Charge one page view: the charge now (a cached refusal, the breaker open), or
+        None, and the Meter calls ``then`` with its result, for `settle`."""
         reason = self.blocked(enterprise_id)
         if reason is not None:
             return Blocked(reason)
         if not self._breaker.allow():
             return self._degraded(enterprise_id, replay=True)
-        return self._meter.debit_nowait(enterprise_id)
+        self._meter.debit_then(enterprise_id, then)
+        return None
 
-    def settle(self, enterprise_id: str, debit: asyncio.Future[DebitResult]) -> Charge:
+    def settle(self, enterprise_id: str, result: DebitResult | MeterError) -> Charge:
         """The charge for a debit that came back (granted, refused, or failed)."""
-        try:
-            result = debit.result()
-        except MeterError as exc:
+        if isinstance(result, MeterError):
             # Every waiter of a failed batch gets the same exception object: the breaker
             # counts failed Redis calls, not the views that were waiting on one.
-            if exc is not self._last_error:
-                self._last_error = exc
+            if result is not self._last_error:
+                self._last_error = result
                 self._breaker.failure()
-            log.debug("debit for %s failed: %s", enterprise_id, exc)
-            if isinstance(exc, MeterNotSent):  # never reached Redis: bill it later
+            log.debug("debit for %s failed: %s", enterprise_id, result)
+            if isinstance(result, MeterNotSent):  # never reached Redis: bill it later
                 return self._degraded(enterprise_id, replay=True)
             PV_OUTCOME_UNKNOWN.inc()
             return self._degraded(enterprise_id, replay=False)

@@ -8,13 +8,13 @@ the paths that may count; its ``exclude`` globs take paths out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from typing import Final
 
 from metering.sites import Site
 
-ASSET_SUFFIXES = (
+ASSET_SUFFIXES: Final = (
     ".js",
     ".css",
     ".png",
@@ -31,14 +31,18 @@ ASSET_SUFFIXES = (
     ".json",
     ".txt",
 )
-_DOCUMENT_DESTS = frozenset({"document", "iframe"})
+_ASSETS: Final = frozenset(ASSET_SUFFIXES)
+_DOCUMENT_DESTS: Final = frozenset({"document", "iframe"})
 
 
-def is_page_view(method: str, path: str, headers: Mapping[str, str], site: Site) -> bool:
+def is_page_view(method: str, path: str, headers: dict[str, str], site: Site) -> bool:
     """``headers``: the request's header values by lowercase name."""
     if method != "GET" or _is_speculative(headers):
         return False
-    if path.lower().endswith(ASSET_SUFFIXES):
+    # Each suffix has one dot, its first character: the path ends with one of them if and
+    # only if what follows its last dot is one (one set lookup, not fifteen comparisons).
+    dot = path.rfind(".")
+    if dot != -1 and path[dot:].lower() in _ASSETS:
         return False
     dest = headers.get("sec-fetch-dest")
     if dest is not None:
@@ -46,10 +50,12 @@ def is_page_view(method: str, path: str, headers: Mapping[str, str], site: Site)
             return False
     elif headers.get("sec-fetch-mode") is not None or "text/html" not in headers.get("accept", ""):
         return False
+    if not site.include and not site.exclude:
+        return True  # no rules, the usual case: no call to the cache
     return _allowed_by_rules(path, site.include, site.exclude)
 
 
-def _is_speculative(headers: Mapping[str, str]) -> bool:
+def _is_speculative(headers: dict[str, str]) -> bool:
     purpose = headers.get("sec-purpose") or headers.get("purpose") or headers.get("x-moz")
     return purpose is not None and ("prefetch" in purpose or "prerender" in purpose)
 

@@ -13,7 +13,6 @@ debit (batched with its neighbours into one Redis round trip).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from gateway import blockpage
 from gateway.charging import Blocked, Charge, Charger, Granted, Unmetered
@@ -24,33 +23,49 @@ from gateway.metrics import OUTCOME
 from gateway.routing import SiteWatcher
 from gateway.settings import GatewaySettings
 from metering.buckets import Refusal
+from metering.deadline import Then
+from metering.errors import MeterError
 from metering.meter import DebitResult
 from metering.sites import Site
 
 
-@dataclass(frozen=True, slots=True)
+# Plain classes: compiled, a dataclass's generated __init__ would run interpreted
+# (docs/architecture.md §4 "Compiled").
 class Local:
     """Answer with a page of the gateway's own; ``outcome`` is counted when it is sent."""
 
-    page: Page
-    outcome: str
+    __slots__ = ("outcome", "page")
+
+    def __init__(self, page: Page, outcome: str) -> None:
+        self.page = page
+        self.outcome = outcome
 
 
-@dataclass(frozen=True, slots=True)
 class Forward:
-    """Send the request to the site's origin; ``bucket_id`` paid for it, if anything."""
+    """Send the request to the site's origin; ``bucket_id`` paid for it, if anything.
 
-    site: Site
-    bucket_id: str | None
-    outcome: str  # counted once the origin has answered: served, not_counted (or "")
-    unmetered: Unmetered | None = None  # served fail-open
+    ``outcome`` is counted once the origin has answered: served, not_counted (or "");
+    ``unmetered``: served fail-open.
+    """
+
+    __slots__ = ("bucket_id", "outcome", "site", "unmetered")
+
+    def __init__(
+        self, site: Site, bucket_id: str | None, outcome: str, unmetered: Unmetered | None = None
+    ) -> None:
+        self.site = site
+        self.bucket_id = bucket_id
+        self.outcome = outcome
+        self.unmetered = unmetered
 
 
-@dataclass(frozen=True, slots=True)
 class ChargeFirst:
     """A page view: `Policy.charge` decides (after its body, if any, has arrived)."""
 
-    site: Site
+    __slots__ = ("site",)
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
 
 
 Decision = Local | Forward
@@ -119,16 +134,15 @@ class Policy:
             return Forward(site, None, "not_counted")
         return ChargeFirst(site)
 
-    def charge(self, site: Site) -> Decision | asyncio.Future[DebitResult]:
+    def charge(self, site: Site, then: Then) -> Decision | None:
+        """The decision now, or None: the Meter's result comes to ``then``, for `charged`."""
         assert self._charger is not None
-        charge = self._charger.charge_nowait(site.enterprise_id)
-        if isinstance(charge, asyncio.Future):
-            return charge
-        return self._decide(site, charge)
+        charge = self._charger.charge_then(site.enterprise_id, then)
+        return None if charge is None else self._decide(site, charge)
 
-    def charged(self, site: Site, debit: asyncio.Future[DebitResult]) -> Decision:
+    def charged(self, site: Site, result: DebitResult | MeterError) -> Decision:
         assert self._charger is not None
-        return self._decide(site, self._charger.settle(site.enterprise_id, debit))
+        return self._decide(site, self._charger.settle(site.enterprise_id, result))
 
     def _decide(self, site: Site, charge: Charge) -> Decision:
         if isinstance(charge, Granted):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -124,29 +124,29 @@ class SiteWatcher:
     async def _listen(self) -> None:
         """Wake the poller on every change notification; reconnect when Redis drops."""
         while True:
+            conn: Redis | None = None
             try:
-                async with _pubsub_connection(self._client) as conn, conn.pubsub() as pubsub:
+                conn = _pubsub_connection(self._client)
+                async with conn.pubsub() as pubsub:
                     await pubsub.subscribe(SITES_CHANNEL)
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             self._wake.set()
             except _REDIS_FAILURES as exc:
                 log.debug("site notifications interrupted: %s", exc)
+            finally:
+                if conn is not None and conn is not self._client:
+                    await conn.aclose()
             await asyncio.sleep(self._refresh)
 
 
-@contextlib.asynccontextmanager
-async def _pubsub_connection(client: RedisClient) -> AsyncIterator[Redis]:
-    """A plain connection for SUBSCRIBE: on a cluster, to any node (PUBLISH reaches all)."""
+def _pubsub_connection(client: RedisClient) -> Redis:
+    """A connection for SUBSCRIBE: on a cluster, a new one to any node (PUBLISH reaches
+    all), which the caller closes; otherwise the client itself."""
     if isinstance(client, RedisCluster):
         node = client.get_random_node()
-        conn = Redis(host=node.host, port=int(node.port), **_node_kwargs(client))
-        try:
-            yield conn
-        finally:
-            await conn.aclose()
-    else:
-        yield client
+        return Redis(host=node.host, port=int(node.port), **_node_kwargs(client))
+    return client
 
 
 _NODE_KEYS = (

@@ -7,25 +7,60 @@ lagging and it waits for the rest.  Past ``limit`` of wall time it fires whateve
 lag, so that a hung Redis behind a saturated loop still fails.  Firing hands the
 round's waiters a `MeterTimeout` once; ``on_limit``, if given, runs if the round is still
 unanswered at ``limit`` (the Meter drops a connection stuck that long).
+
+A `Waiter` is one page view's debit in a round: it is answered once, by calling its
+caller's function in place — no future, no callback scheduled for a later turn of the
+loop, which a page view would pay for twice (docs/architecture.md §4).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from metering import scripts
 from metering.looplag import LoopLag
 
-Waiters = list["asyncio.Future[Any]"]
+log: Final = logging.getLogger("pvgate.meter")
+
+# What a waiter is answered with: a DebitResult, or the MeterError of its round.
+Then = Callable[[Any], object]
+
+
+class Waiter:
+    """One debit waiting for its round; ``then`` gets the result or the error, once.
+
+    ``then`` returns False when its caller has gone away (a cancelled coroutine): a PV
+    granted to it is given back, like one granted after the deadline told it "timeout".
+    """
+
+    __slots__ = ("answered", "then")
+
+    def __init__(self, then: Then) -> None:
+        self.then = then
+        self.answered = False
+
+    def answer(self, result: object) -> bool:
+        """Hand over ``result``; False if this waiter was answered already or is gone."""
+        if self.answered:
+            return False
+        self.answered = True
+        try:
+            return self.then(result) is not False
+        except Exception:  # one caller's bug must not keep the others waiting
+            log.exception("a debit's caller failed on its result")
+            return True
+
+
+Waiters = list[Waiter]
 
 
 def fail(waiters: Waiters, error: BaseException) -> None:
-    for future in waiters:
-        if not future.done():
-            future.set_exception(error)
+    for waiter in waiters:
+        waiter.answer(error)
 
 
 class Deadline:
@@ -53,6 +88,7 @@ class Deadline:
         timeout: float,
         limit: float,
         lag: LoopLag,
+        loop: asyncio.AbstractEventLoop,
         on_fire: Callable[[], None],
         on_limit: Callable[[], None] | None = None,
     ) -> None:
@@ -61,7 +97,7 @@ class Deadline:
         self._timeout, self._limit, self._lag = timeout, limit, lag
         self._started = time.monotonic()
         self._stall_at_start = lag.stalled()
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop
         self._timer: asyncio.Handle = self._loop.call_later(timeout, self._due)
 
     def _due(self) -> None:

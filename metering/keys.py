@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from metering.errors import InvalidIdentifier
 
-PREFIX = "pvgate"
-USAGE_STREAM = f"{PREFIX}:usage"
-SITES = f"{PREFIX}:{{sites}}:all"
-SITES_VERSION = f"{PREFIX}:{{sites}}:version"
-SITES_CHANNEL = f"{PREFIX}:sites:changed"
+PREFIX: Final = "pvgate"
+USAGE_STREAM: Final = f"{PREFIX}:usage"
+SITES: Final = f"{PREFIX}:{{sites}}:all"
+SITES_VERSION: Final = f"{PREFIX}:{{sites}}:version"
+SITES_CHANNEL: Final = f"{PREFIX}:sites:changed"
 
-_ENTERPRISE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENTERPRISE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # "|" separates the bucket id from the field name inside the buckets hash.
-_BUCKET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_BUCKET_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 
 
 class EnterpriseKeys(NamedTuple):

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Final
 
 from metering.metrics import LOOP_LAG
 
-INTERVAL = 0.005
+INTERVAL: Final = 0.005
 # Timers fire on a millisecond clock: lateness up to this is rounding, not a stall.
-TOLERANCE = 0.002
+TOLERANCE: Final = 0.002
 
 
 class LoopLag:

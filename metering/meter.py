@@ -46,15 +46,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from metering import scripts
 from metering.buckets import Debit, Refusal
-from metering.deadline import Deadline, Waiters, fail
+from metering.deadline import Deadline, Then, Waiter, Waiters, fail
 from metering.errors import MeterError, MeterNotSent, MeterTimeout
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
@@ -65,20 +64,29 @@ from metering.scripts import RedisClient
 from metering.sentinel import SentinelMaster
 from metering.store import parse_debit
 
-log = logging.getLogger("pvgate.meter")
+log: Final = logging.getLogger("pvgate.meter")
 
 
-@dataclass(frozen=True, slots=True)
+# A plain class: compiled, a dataclass's generated __init__ would run interpreted
+# (docs/architecture.md §4 "Compiled").
 class DebitResult:
     """The outcome of one page view's debit: the bucket it came from, or why refused."""
 
-    granted: bool
-    bucket_id: str | None = None
-    reason: Refusal | None = None
+    __slots__ = ("bucket_id", "granted", "reason")
+
+    def __init__(
+        self, granted: bool, bucket_id: str | None = None, reason: Refusal | None = None
+    ) -> None:
+        self.granted = granted
+        self.bucket_id = bucket_id
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"DebitResult({self.granted}, {self.bucket_id!r}, {self.reason})"
 
 
-REFUSED = {reason: DebitResult(False, None, reason) for reason in Refusal}
-_RECONNECT_AFTER = 0.2  # seconds between attempts to make the pipe again
+REFUSED: Final = {reason: DebitResult(False, None, reason) for reason in Refusal}
+_RECONNECT_AFTER: Final = 0.2  # seconds between attempts to make the pipe again
 
 
 class _Round:
@@ -126,6 +134,7 @@ class Meter:
         self._next_connect = 0.0
         self._packed: dict[str, bytes] = {}
         self._lag: LoopLag | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first debit
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         if isinstance(client, SentinelMaster):
@@ -134,20 +143,34 @@ class Meter:
     async def debit(self, enterprise_id: str) -> DebitResult:
         """Take one PV for a page view of ``enterprise_id``.
 
-        Raises `MeterError` (unavailable, timeout, script) when Redis cannot answer.
+        Raises `MeterError` (unavailable, timeout, script) when Redis cannot answer.  If
+        the caller is cancelled meanwhile, a PV granted to it goes back.
         """
-        return await self.debit_nowait(enterprise_id)
+        future: asyncio.Future[DebitResult] = asyncio.get_running_loop().create_future()
 
-    def debit_nowait(self, enterprise_id: str) -> asyncio.Future[DebitResult]:
-        """`debit` as a future, for callers driven by callbacks rather than coroutines."""
+        def then(result: DebitResult | MeterError) -> bool:
+            if future.done():  # cancelled: the grant, if any, is given back
+                return False
+            if isinstance(result, DebitResult):
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+            return True
+
+        self.debit_then(enterprise_id, then)
+        return await future
+
+    def debit_then(self, enterprise_id: str, then: Then) -> None:
+        """`debit` for callers driven by callbacks rather than coroutines: ``then`` is
+        called with the `DebitResult` or the `MeterError`, once, in the turn of the loop
+        that reads the reply (docs/architecture.md §4)."""
         enterprise_keys(enterprise_id)  # validates (cached) before anything is queued
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[DebitResult] = loop.create_future()
+        waiter = Waiter(then)
         waiters = self._pending.get(enterprise_id)
         if waiters is None:
-            self._pending[enterprise_id] = [future]
+            self._pending[enterprise_id] = [waiter]
         else:
-            waiters.append(future)
+            waiters.append(waiter)
         if not self._scheduled and (
             self._inflight == 0
             # A narrow round waits for one in flight to come back (and grows) unless it
@@ -160,8 +183,15 @@ class Meter:
         ):
             self._scheduled = True
             # Runs after every callback already ready in this turn has queued its debit.
-            loop.call_soon(self._flush)
-        return future
+            self._running_loop().call_soon(self._flush)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop, looked up once: on Python 3.11 each ``get_running_loop`` is a
+        ``getpid`` system call."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _master_moved(self) -> None:
         """A failover: the pipe's server is no master now; connect to the new one at once."""
@@ -194,6 +224,7 @@ class Meter:
         if self._lag is not None:
             self._lag.close()
             self._lag = None
+        self._loop = None
         if self._pipe is not None:
             pipe, self._pipe = self._pipe, None
             await pipe.aclose()
@@ -205,7 +236,7 @@ class Meter:
         if not self._pending:
             return
         if self._lag is None:
-            self._lag = LoopLag(asyncio.get_running_loop())
+            self._lag = LoopLag(self._running_loop())
         pending, self._pending = self._pending, {}
         items = list(pending.items())
         self._inflight += 1
@@ -238,6 +269,7 @@ class Meter:
             self._timeout,
             self._reply_limit,
             self._lag,
+            self._running_loop(),
             on_fire=lambda: self._end_round(round_, failed=True),
             on_limit=on_limit,
         )
@@ -360,10 +392,10 @@ class Meter:
         elif self._pending and not self._scheduled:
             # What queued while this round was in flight goes now, as one bigger round.
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._running_loop().call_soon(self._flush)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self._running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -426,11 +458,9 @@ class Meter:
         for debit in debits:
             for bucket_id, n in debit.takes:
                 result = DebitResult(True, bucket_id)
-                for future in waiters[position : position + n]:
-                    if future.done():  # the caller went away: its PV goes back
+                for waiter in waiters[position : position + n]:
+                    if not waiter.answer(result):  # the caller went away: its PV goes back
                         abandoned[bucket_id] = abandoned.get(bucket_id, 0) + 1
-                    else:
-                        future.set_result(result)
                 position += n
         rest = waiters[position:]
         if error is not None:
@@ -438,9 +468,8 @@ class Meter:
         elif rest:
             reason = next((d.reason for d in reversed(debits) if d.reason), Refusal.EXHAUSTED)
             refused = REFUSED[reason]
-            for future in rest:
-                if not future.done():
-                    future.set_result(refused)
+            for waiter in rest:
+                waiter.answer(refused)
         for bucket_id, k in abandoned.items():
             self._spawn(self.give_back(enterprise_id, bucket_id, k))
 

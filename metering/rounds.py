@@ -9,7 +9,7 @@ failover) and sends those calls again.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from redis import exceptions as redis_errors
 
@@ -20,7 +20,7 @@ from metering.scripts import RedisClient
 
 Calls = list[tuple[str, int]]  # (enterprise, n) per script call, in order
 # A flush racing the reload again is retried; past this many, those waiters get an error.
-_NOSCRIPT_ATTEMPTS = 5
+_NOSCRIPT_ATTEMPTS: Final = 5
 
 
 Sent = tuple[list[Any], bool]  # the calls' replies; whether WAIT saw the replicas wanted

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import orjson
 from redis import exceptions as redis_errors
@@ -41,9 +41,9 @@ from metering.keys import USAGE_STREAM
 from metering.metrics import USAGE_DROPPED, USAGE_ENTRIES, USAGE_FLUSH_LAG
 from metering.scripts import RedisClient
 
-ROWS_PER_ENTRY = 1_000
+ROWS_PER_ENTRY: Final = 1_000
 
-logger = logging.getLogger("pvgate.usage")
+logger: Final = logging.getLogger("pvgate.usage")
 
 Row: TypeAlias = tuple[str, str, int]
 

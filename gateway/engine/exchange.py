@@ -4,12 +4,13 @@
                                       ├─ ChargeFirst ─ (body) ─ Meter debit ─┤
                                       └─ Forward ─ (body) ─ origin ─ response ┴─ finished
 
-Callbacks, not a task per request: each step that has to wait (an admission slot, the
-Meter's round, an origin connection) hands the exchange a future and goes on in its done
-callback.  The request body is held until it is whole when it is small (up to
-``request_buffer_bytes``), so that a client that trickles its body never holds an origin
-connection; a larger body streams, within the pool's share for uploads.  A page view's
-body is always read whole before its PV is taken.  The response streams back with
+Callbacks, not a task per request: each step that has to wait (an admission slot, an
+origin connection) hands the exchange a future and goes on in its done callback; the
+Meter calls the exchange back itself, in the turn that reads Redis's reply.  The request
+body is held until it is whole when it is small (up to ``request_buffer_bytes``), so that
+a client that trickles its body never holds an origin connection; a larger body streams,
+within the pool's share for uploads.  A page view's body is always read whole before its
+PV is taken.  The response streams back with
 back-pressure both ways; the origin connection returns to its pool only after a complete
 response that allows keep-alive (docs/architecture.md §4).
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from gateway.engine import heads
 from gateway.engine.origin import Origin, OriginConnection, OriginUnavailable
@@ -27,14 +28,17 @@ from gateway.engine.relay import CHUNK_END, Fed, Relay
 from gateway.engine.request import BadRequest, Request
 from gateway.engine.responses import CONTINUE
 from gateway.policy import ChargeFirst, Decision, Forward, Local
+from metering.errors import MeterError
+from metering.meter import DebitResult
 
 if TYPE_CHECKING:
     from gateway.engine.server import Engine
     from gateway.engine.visitor import VisitorConnection
 
-log = logging.getLogger("pvgate.engine")
+log: Final = logging.getLogger("pvgate.engine")
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_DEBIT: Final = object()  # what an exchange waits for while its page view's debit is out
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class Exchange:
@@ -46,8 +50,9 @@ class Exchange:
         self.request = request
         self._started = time.perf_counter()
         self._admitted = False
-        self._waiting: asyncio.Future[object] | None = None
+        self._waiting: object = None  # a future, or _DEBIT while the Meter has the view
         self._charge_after_body: ChargeFirst | None = None
+        self._charging: ChargeFirst | None = None
         self._forward: Forward | None = None
         self._body: list[bytes] = []
         self._body_size = 0
@@ -168,15 +173,18 @@ class Exchange:
 
     def _charge(self, first: ChargeFirst) -> None:
         self._charge_after_body = None
-        result = self.engine.policy.charge(first.site)
-        if isinstance(result, asyncio.Future):
-            self._wait(result, lambda debit: self._on_debit(first, debit))
-        else:
-            self._decided(result)
+        self._charging = first
+        self._waiting = _DEBIT
+        decision = self.engine.policy.charge(first.site, self._on_debit)
+        if decision is not None:
+            self._waiting = None
+            self._decided(decision)
 
-    def _on_debit(self, first: ChargeFirst, debit: asyncio.Future[object]) -> None:
-        decision = self.engine.policy.charged(first.site, debit)  # type: ignore[arg-type]
-        if self._waiting is not debit:  # the visitor went away meanwhile
+    def _on_debit(self, result: DebitResult | MeterError) -> None:
+        """The Meter's result, called in the turn that read Redis's reply."""
+        assert self._charging is not None
+        decision = self.engine.policy.charged(self._charging.site, result)
+        if self._waiting is not _DEBIT:  # the visitor went away meanwhile
             if isinstance(decision, Forward):
                 self.engine.policy.client_gone(decision)
             return

@@ -13,11 +13,13 @@ the scanner only says where to cut and refuses what is too large.
 
 from __future__ import annotations
 
-HEAD_END = b"\r\n\r\n"
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-_MAX_SIZE_DIGITS = 16  # 64 bits
-_MAX_LINE = 4096  # a chunk-size line with its extensions, or one trailer line
-_MAX_TRAILERS = 16384
+from typing import Final
+
+HEAD_END: Final = b"\r\n\r\n"
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+_MAX_SIZE_DIGITS: Final = 16  # 64 bits
+_MAX_LINE: Final = 4096  # a chunk-size line with its extensions, or one trailer line
+_MAX_TRAILERS: Final = 16384
 
 
 class FramingError(Exception):
@@ -46,7 +48,7 @@ def find_head_end(tail: bytes, data: bytes) -> int:
 
 # Scanner states.
 _SIZE, _EXT, _SIZE_LF, _DATA, _DATA_CR, _DATA_LF, _TRAILER, _TRAILER_LINE, _TRAILER_LF = range(9)
-_END_LF = 9
+_END_LF: Final = 9
 
 
 class ChunkedScanner:

@@ -12,10 +12,12 @@ and delimited by closing the connection for an HTTP/1.0 one.  Trailers are dropp
 
 from __future__ import annotations
 
-from gateway.engine.origin import Origin
-from gateway.engine.request import Request
+from typing import Final
 
-HOP_BY_HOP = frozenset(
+from gateway.engine.origin import Origin
+from gateway.engine.request import FIELDS, SINGLE, Request
+
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -32,7 +34,7 @@ HOP_BY_HOP = frozenset(
 # Request headers replaced or handled by the gateway itself.  A client's own
 # X-Forwarded-Proto and -Host are dropped, not passed on: the origin must be able to trust
 # them (X-Forwarded-For and Via are lists the gateway appends to).
-_REQUEST_OWN = HOP_BY_HOP | {
+_REQUEST_OWN: Final = HOP_BY_HOP | {
     b"host",
     b"content-length",
     b"expect",
@@ -41,8 +43,12 @@ _REQUEST_OWN = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"via",
 }
-VIA = b"1.1 pvgate"
-CRLF = b"\r\n"
+_PLAIN_CONNECTION: Final = frozenset(
+    {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"}
+)
+VIA: Final = b"1.1 pvgate"
+CRLF: Final = b"\r\n"
+SEP: Final = b": "
 
 
 class Response:
@@ -68,7 +74,7 @@ class Response:
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.passed: list[bytes] = []  # header lines for the visitor, as they came
+        self.passed: list[bytes] = []  # header lines for the visitor, as they came, in parts
         self.connection_names = False  # a Connection header names a header to drop
         self.has_length = False
         self.te = False
@@ -86,34 +92,106 @@ class Response:
 # the head be built again from all the headers, without the ones it names.
 
 
-def request_header(request: Request, name: bytes, lower: bytes, value: bytes) -> None:
-    """Sort one request header (``lower``: its name in lowercase) for `origin_request`."""
-    if lower not in _REQUEST_OWN:
-        request.passed.append(b"%b: %b\r\n" % (name, value))
-    elif lower == b"x-forwarded-for":
+# What a header name means to the gateway is worked out once per name as it arrives (the
+# same few names come in every request) and kept, up to _NAMES_KEPT names: one
+# dictionary lookup then replaces lowercasing the name and looking it up in sets.
+PASS: Final = 0  # passed on as it came
+OWN: Final = 1  # handled by the gateway itself (hop-by-hop, or replaced)
+FORWARDED_FOR: Final = 2
+VIA_VALUE: Final = 3
+CONNECTION: Final = 4
+LENGTH: Final = 5  # a response's Content-Length: passed on, and the body has a length
+TE: Final = 6  # a response's Transfer-Encoding
+_NAMES_KEPT: Final = 1024
+
+
+class Name:
+    """A request header's name: lowercase, its role, its key in `Request.fields`."""
+
+    __slots__ = ("field", "lower", "role", "single")
+
+    def __init__(self, name: bytes) -> None:
+        lower = name.lower()
+        self.lower = lower
+        self.field: str | None = FIELDS.get(lower)
+        self.single = lower in SINGLE
+        if lower not in _REQUEST_OWN:
+            self.role = PASS
+        elif lower == b"x-forwarded-for":
+            self.role = FORWARDED_FOR
+        elif lower == b"via":
+            self.role = VIA_VALUE
+        elif lower == b"connection":
+            self.role = CONNECTION
+        else:
+            self.role = OWN
+
+
+_REQUEST_NAMES: Final[dict[bytes, Name]] = {}
+_RESPONSE_ROLES: Final[dict[bytes, int]] = {}
+
+
+def request_header(request: Request, name: bytes, value: bytes) -> Name:
+    """Sort one request header for `origin_request`; what its name means."""
+    known = _REQUEST_NAMES.get(name)
+    if known is None:
+        known = Name(name)
+        if len(_REQUEST_NAMES) < _NAMES_KEPT:
+            _REQUEST_NAMES[name] = known
+    role = known.role
+    if role == PASS:
+        _pass(request.passed, name, value)
+    elif role == FORWARDED_FOR:
         request.forwarded_for.append(value)
-    elif lower == b"via":
+    elif role == VIA_VALUE:
         request.via.append(value)
-    elif lower == b"connection" and _names_others(value):
+    elif role == CONNECTION and _names_others(value):
         request.connection_names = True
+    return known
+
+
+def _response_role(name: bytes) -> int:
+    lower = name.lower()
+    if lower == b"content-length":
+        return LENGTH
+    if lower not in HOP_BY_HOP:
+        return PASS
+    if lower == b"transfer-encoding":
+        return TE
+    return CONNECTION if lower == b"connection" else OWN
 
 
 def response_header(response: Response, name: bytes, value: bytes) -> None:
     """Sort one response header for `visitor_response`."""
     response.headers.append((name, value))
-    lower = name.lower()
-    if lower not in HOP_BY_HOP:
-        response.passed.append(b"%b: %b\r\n" % (name, value))
-        if lower == b"content-length":
-            response.has_length = True
-    elif lower == b"transfer-encoding":
+    role = _RESPONSE_ROLES.get(name)
+    if role is None:
+        role = _response_role(name)
+        if len(_RESPONSE_ROLES) < _NAMES_KEPT:
+            _RESPONSE_ROLES[name] = role
+    if role == PASS:
+        _pass(response.passed, name, value)
+    elif role == LENGTH:
+        _pass(response.passed, name, value)
+        response.has_length = True
+    elif role == TE:
         response.te = True
-    elif lower == b"connection" and _names_others(value):
+    elif role == CONNECTION and _names_others(value):
         response.connection_names = True
+
+
+def _pass(passed: list[bytes], name: bytes, value: bytes) -> None:
+    """Add a header line, as the parts a head joins (cheaper than formatting a line)."""
+    passed.append(name)
+    passed.append(SEP)
+    passed.append(value)
+    passed.append(CRLF)
 
 
 def _names_others(value: bytes) -> bool:
     """Whether a Connection value names a header beyond the hop-by-hop ones."""
+    if value in _PLAIN_CONNECTION:  # the usual values, without splitting them
+        return False
     return any(token.strip().lower() not in HOP_BY_HOP for token in value.split(b","))
 
 
@@ -127,7 +205,11 @@ def _named_in_connection(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]
 
 def _without(headers: list[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[bytes]:
     """The header lines passed on when a Connection header names some to drop."""
-    return [b"%b: %b\r\n" % (n, v) for n, v in headers if n.lower() not in drop]
+    passed: list[bytes] = []
+    for name, value in headers:
+        if name.lower() not in drop:
+            _pass(passed, name, value)
+    return passed
 
 
 def origin_request(request: Request, origin: Origin, peer: str) -> bytes:
@@ -168,6 +250,9 @@ def origin_request(request: Request, origin: Origin, peer: str) -> bytes:
     return b"".join(lines)
 
 
+_STATUS_LINES: Final[dict[int, bytes]] = {}
+
+
 def visitor_response(request: Request, response: Response, keep_alive: bool) -> bytes:
     """The head sent to the visitor; sets how the body is framed and whether to keep alive."""
     status = response.status
@@ -176,7 +261,10 @@ def visitor_response(request: Request, response: Response, keep_alive: bool) -> 
         named = _named_in_connection(response.headers)
         passed = _without(response.headers, HOP_BY_HOP | named)
         response.has_length = response.has_length and b"content-length" not in named
-    lines = [b"HTTP/1.1 %d " % status, response.reason, CRLF, *passed]
+    status_line = _STATUS_LINES.get(status)
+    if status_line is None:  # parsed by llhttp: three digits, so this stays small
+        status_line = _STATUS_LINES[status] = b"HTTP/1.1 %d " % status
+    lines = [status_line, response.reason, CRLF, *passed]
     http10 = request.version == "1.0"
     if status == 101:
         upgrade = _value(response.headers, b"upgrade")

@@ -20,7 +20,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import urlsplit
 
 from gateway.settings import UpstreamSection
@@ -28,7 +28,7 @@ from gateway.settings import UpstreamSection
 if TYPE_CHECKING:
     from gateway.engine.exchange import Exchange
 
-log = logging.getLogger("pvgate.engine.origin")
+log: Final = logging.getLogger("pvgate.engine.origin")
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -22,7 +22,7 @@ from gateway.metrics import UPSTREAM_DURATION
 if TYPE_CHECKING:
     from gateway.engine.exchange import Exchange
 
-CHUNK_END = b"0\r\n\r\n"
+CHUNK_END: Final = b"0\r\n\r\n"
 
 
 class Fed(Enum):

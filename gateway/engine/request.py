@@ -8,11 +8,12 @@ while parsing, into ``fields`` (lowercase names, latin-1 values).
 from __future__ import annotations
 
 import re
+from typing import Final
 from urllib.parse import unquote
 
 # The headers the policy and the engine read, by lowercase name, with their key in
 # `Request.fields`; all others are only forwarded.
-FIELDS = {
+FIELDS: Final = {
     name: name.decode()
     for name in (
         b"host",
@@ -31,9 +32,11 @@ FIELDS = {
 }
 # The ones that must not appear twice: a second one would be read differently by
 # different parsers (RFC 9112 §3.2, §6.3).
-SINGLE = frozenset({b"host", b"content-length", b"transfer-encoding"})
+SINGLE: Final = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
-_HOST = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+_HOST: Final = re.compile(
+    r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
 
 
 class BadRequest(Exception):
@@ -136,7 +139,7 @@ class Request:
             self.expect_continue = self.has_body
 
 
-_HOSTS: dict[str, str] = {}  # Host values seen, checked, and what they name
+_HOSTS: Final[dict[str, str]] = {}  # Host values seen, checked, and what they name
 
 
 def _host(raw: str | None, target: bytes) -> str:

@@ -15,6 +15,7 @@ import time
 
 from gateway.admission import Admission
 from gateway.engine.exchange import Exchange
+from gateway.engine.limits import Limits
 from gateway.engine.origin import OriginPool
 from gateway.engine.request import Request
 from gateway.engine.responses import Page, text_page
@@ -49,7 +50,7 @@ class Engine:
         *,
         server_header: str = "pvgate",
     ) -> None:
-        self.limits = limits
+        self.limits = Limits(limits)
         self.policy = policy
         self.admission = admission
         self.pool = pool

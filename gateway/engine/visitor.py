@@ -16,26 +16,30 @@ mid-body gets 408 and its origin connection is closed, never reused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
 from gateway.engine import heads, tunnel
 from gateway.engine.framing import ChunkedScanner, FramingError, find_head_end
-from gateway.engine.request import FIELDS, SINGLE, BadRequest, Request
+from gateway.engine.request import BadRequest, Request
 
 if TYPE_CHECKING:
     from gateway.engine.exchange import Exchange
     from gateway.engine.server import Engine
 
-log = logging.getLogger("pvgate.engine")
+log: Final = logging.getLogger("pvgate.engine")
 
-HEAD, BODY, WAIT, CLOSED = range(4)
-_HELD_MAX = 64 * 1024  # bytes of a pipelined request held while the previous is answered
+# The connection's state (Final: compiled, each is a constant, not a lookup).
+HEAD: Final = 0
+BODY: Final = 1
+WAIT: Final = 2
+CLOSED: Final = 3
+_TRAILING_SPACE: Final = frozenset(b" \t")
+_HELD_MAX: Final = 64 * 1024  # bytes of a pipelined request held while the previous is answered
 
 
 class VisitorConnection(asyncio.Protocol):
@@ -174,8 +178,11 @@ class VisitorConnection(asyncio.Protocol):
         # On an Upgrade the head was fed whole.  A websocket request: what follows is for
         # the origin once it answers 101.  Any other Upgrade is served as a plain request
         # (`Request.complete`), and httptools has already resumed parsing after it.
-        with contextlib.suppress(httptools.HttpParserUpgrade):
+        # Not contextlib.suppress: that is three interpreted calls a request.
+        try:  # noqa: SIM105
             parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass
 
     def _hold(self, data: bytes) -> None:
         self._held += data
@@ -206,13 +213,13 @@ class VisitorConnection(asyncio.Protocol):
         headers = request.headers
         if len(headers) >= self.limits.max_headers:
             raise BadRequest(431, "too many headers")
-        value = value.rstrip(b" \t")  # llhttp drops leading whitespace, not trailing
+        if value and value[-1] in _TRAILING_SPACE:
+            value = value.rstrip(b" \t")  # llhttp drops leading whitespace, not trailing
         headers.append((name, value))
-        lower = name.lower()
-        heads.request_header(request, name, lower, value)
-        key = FIELDS.get(lower)
+        known = heads.request_header(request, name, value)
+        key = known.field
         if key is not None:
-            if key in request.fields and lower in SINGLE:
+            if known.single and key in request.fields:
                 raise BadRequest(400, f"{name.decode('latin-1')} sent twice")
             request.fields[key] = value.decode("latin-1")
 

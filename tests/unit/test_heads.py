@@ -16,7 +16,7 @@ def request_with(*headers: tuple[bytes, bytes]) -> Request:
     request.method, request.target = "GET", b"/page?q=1"
     for name, value in headers:
         request.headers.append((name, value))
-        heads.request_header(request, name, name.lower(), value)
+        heads.request_header(request, name, value)
         request.fields[name.lower().decode()] = value.decode()
     request.complete()
     return request
