@@ -13,12 +13,12 @@ at most ``max_pipeline`` enterprises per pipeline, the pipelines of one flush
 concurrently, so that Redis runs one group while the client is still building or reading
 another.  At most ``max_inflight`` rounds are in flight: the debits that arrive meanwhile
 wait and go out together as the next round, so the batch grows with the load by itself
-(the Nagle idea) and a busy gateway makes far fewer, larger script calls.  On the pipe a
-second round overlaps the first at once: Redis answers one connection in order, so the
-earliest waiters still win at the zero boundary, and the debits spend no time waiting
-for a round to come back.  Through the client, whose rounds may take different
-connections, a second round overlaps the first only when it is wide (a quarter of
-``max_pipeline`` enterprises or more), where overlapping pays.
+(the Nagle idea) and a busy gateway makes far fewer, larger script calls.  A second
+round overlaps the first only when it is wide (a quarter of ``max_pipeline``
+enterprises or more), where overlapping pays.  Otherwise the next round waits for the
+reply: on one enterprise's hot path, overlapping made rounds a third smaller — a third
+more script calls for Redis and more writes and reads for the worker — for no gain in
+latency, as the loop reads the reply and the next page views in the same turn.
 
 The deadline measures Redis, not the gateway (docs/architecture.md §10).  A round's
 ``timeout`` starts when the round is written to Redis — time a debit spent queued in the
@@ -173,13 +173,9 @@ class Meter:
             waiters.append(waiter)
         if not self._scheduled and (
             self._inflight == 0
-            # A narrow round waits for one in flight to come back (and grows) unless it
-            # goes on the pipe (see the module docstring); either way it waits for
-            # Redis's verdict on the rounds in flight, which the deadline rule bounds.
-            or (
-                self._inflight < self._max_inflight
-                and (self._on_pipe() or len(self._pending) >= self._wide)
-            )
+            # A narrow round waits for the one in flight to come back, and grows (see
+            # the module docstring): for Redis's verdict, which the deadline rule bounds.
+            or (self._inflight < self._max_inflight and len(self._pending) >= self._wide)
         ):
             self._scheduled = True
             # Runs after every callback already ready in this turn has queued its debit.
@@ -198,10 +194,6 @@ class Meter:
         if self._pipe is not None:
             self._pipe.abort()
         self._next_connect = 0.0
-
-    def _on_pipe(self) -> bool:
-        pipe = self._pipe
-        return pipe is not None and not pipe.closed
 
     async def prepare(self) -> None:
         """Load the scripts the Meter calls (on every master), before the first request;

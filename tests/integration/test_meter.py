@@ -157,3 +157,49 @@ async def test_a_hung_redis_fails_even_while_the_loop_lags():
         await meter.aclose()
         await client.aclose()
     assert 0.05 < waited < 1.0 + 0.5, waited
+
+
+async def test_a_caller_failing_on_its_result_keeps_no_other_waiting(client, caplog):
+    """`debit_then` calls each caller back in place: one that raises is logged, and the
+    callers after it in the same round still get their results."""
+    await BalanceStore(client).credit("calls", gift("g", 3))
+    meter = Meter(client)
+    await meter.prepare()
+    got: list[object] = []
+
+    def broken(result: object) -> None:
+        raise RuntimeError("a caller's bug")
+
+    everyone = asyncio.Event()
+
+    def collect(result: object) -> None:
+        got.append(result)
+        if len(got) == 3:
+            everyone.set()
+
+    meter.debit_then("calls", collect)
+    meter.debit_then("calls", broken)
+    meter.debit_then("calls", collect)
+    meter.debit_then("calls", collect)
+    await asyncio.wait_for(everyone.wait(), 5)
+    await meter.aclose()
+    assert [r.bucket_id for r in got] == ["g", "g", None]  # the broken one took a PV
+    assert "a debit's caller failed on its result" in caplog.text
+
+
+async def test_a_caller_gone_when_its_grant_arrives_gives_it_back(client):
+    """``then`` answering False (its caller went away) returns the PV it was granted."""
+    store = BalanceStore(client)
+    await store.credit("left", gift("g", 5))
+    meter = Meter(client)
+    await meter.prepare()
+    answered = asyncio.Event()
+
+    def gone(result: object) -> bool:
+        answered.set()
+        return False
+
+    meter.debit_then("left", gone)
+    await asyncio.wait_for(answered.wait(), 5)
+    await meter.aclose()  # waits for the give-back
+    assert (await store.snapshot("left")).buckets[0].used == 0

@@ -115,3 +115,30 @@ def test_a_chunked_response_without_length_is_re_chunked_and_one_with_it_is_not(
     plain = response_with((b"Content-Length", b"10"))
     heads.visitor_response(request_with((b"Host", b"shop.test")), plain, True)
     assert not plain.chunked
+
+
+def test_header_names_in_any_case_are_sorted_alike():
+    """Names are sorted once per spelling and kept: each spelling still means its name."""
+    for spelling in (b"X-Forwarded-For", b"x-forwarded-for", b"X-FORWARDED-FOR"):
+        request = request_with((b"Host", b"shop.test"), (spelling, b"10.0.0.1"))
+        assert request.forwarded_for == [b"10.0.0.1"]
+        assert b"10.0.0.1, 192.0.2.7" in heads.origin_request(request, ORIGIN, "192.0.2.7")
+    for spelling in (b"Transfer-Encoding", b"TRANSFER-ENCODING", b"transfer-encoding"):
+        response = response_with((spelling, b"chunked"), (b"Content-Type", b"text/html"))
+        assert response.te
+        head = heads.visitor_response(request, response, True)  # re-chunked by the gateway
+        assert head.lower().count(b"transfer-encoding") == 1
+
+
+def test_names_past_the_kept_ones_are_sorted_all_the_same():
+    """A client sending thousands of distinct names fills the cache; the rest still work."""
+    names = [b"X-Junk-%d" % i for i in range(heads._NAMES_KEPT + 10)]
+    request = request_with((b"Host", b"shop.test"), *((n, b"v") for n in names), (b"Via", b"1.0 a"))
+    assert len(heads._REQUEST_NAMES) <= heads._NAMES_KEPT
+    head = heads.origin_request(request, ORIGIN, "192.0.2.7")
+    assert all(b"%b: v\r\n" % n in head for n in names)
+    assert b"Via: 1.0 a, 1.1 pvgate\r\n" in head
+    response = response_with(*((n, b"r") for n in names), (b"Content-Length", b"5"))
+    assert response.has_length
+    assert len(heads._RESPONSE_ROLES) <= heads._NAMES_KEPT
+    assert all(b"%b: r\r\n" % n in heads.visitor_response(request, response, True) for n in names)
