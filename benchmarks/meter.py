@@ -56,7 +56,8 @@ from metering import scripts
 from metering.buckets import BucketKind, BucketSpec
 from metering.keys import enterprise_keys
 from metering.meter import Meter
-from metering.store import BalanceStore, parse_debit
+from metering.replies import parse_debit
+from metering.store import BalanceStore
 from pvgate.embedded import RedisServer
 
 CALLERS = 256

@@ -43,6 +43,7 @@ COMPILED = (
     "metering/meter.py",
     "metering/metrics.py",
     "metering/pipe.py",
+    "metering/replies.py",
     "metering/rounds.py",
     "metering/usage.py",
 )

@@ -59,10 +59,10 @@ from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
 from metering.metrics import METER_BATCH_SIZE, METER_DURATION
 from metering.pipe import PipeTarget, RedisPipe, pack, pack_head
+from metering.replies import parse_debit
 from metering.rounds import Calls, ClientRounds, Sent, waited
 from metering.scripts import RedisClient
 from metering.sentinel import SentinelMaster
-from metering.store import parse_debit
 
 log: Final = logging.getLogger("pvgate.meter")
 

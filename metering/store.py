@@ -26,18 +26,8 @@ from metering.buckets import (
 )
 from metering.errors import BucketConflict
 from metering.keys import enterprise_keys, validate_bucket_id
+from metering.replies import parse_debit, text
 from metering.scripts import Arg, RedisClient, Script
-
-
-def text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def parse_debit(reply: Sequence[Any]) -> Debit:
-    """Parse the reply of ``debit_pv.lua``: {granted, reason, now, id_1, n_1, ...}."""
-    reason = text(reply[1])
-    takes = tuple((text(reply[i]), int(reply[i + 1])) for i in range(3, len(reply), 2))
-    return Debit(int(reply[0]), Refusal(reason) if reason else None, int(reply[2]), takes)
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, int]:

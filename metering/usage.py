@@ -88,7 +88,7 @@ class UsageRecorder:
         self._interval = interval
         self._max_pending_rows = max_pending_rows
         self._timeout = timeout
-        self._counts: dict[tuple[str, str], int] = {}
+        self._counts: dict[str, dict[str, int]] = {}  # enterprise → bucket → PV
         self._since: float | None = None
         self._pending: deque[_Entry] = deque()
         self._pending_rows = 0
@@ -105,10 +105,12 @@ class UsageRecorder:
 
     def record(self, enterprise_id: str, bucket_id: str, n: int = 1) -> None:
         """Count n PV of ``enterprise_id`` paid by ``bucket_id`` (negative: given back)."""
-        key = (enterprise_id, bucket_id)
-        self._counts[key] = self._counts.get(key, 0) + n
-        if self._since is None:
-            self._since = time.monotonic()
+        buckets = self._counts.get(enterprise_id)
+        if buckets is None:  # the first of this enterprise since the last cut
+            buckets = self._counts[enterprise_id] = {}
+            if self._since is None:
+                self._since = time.monotonic()
+        buckets[bucket_id] = buckets.get(bucket_id, 0) + n
 
     async def start(self) -> None:
         """Start the background task that flushes every ``interval`` seconds."""
@@ -160,7 +162,12 @@ class UsageRecorder:
     def _cut(self) -> None:
         counts, self._counts = self._counts, {}
         since, self._since = self._since, None
-        rows = [(enterprise, bucket, n) for (enterprise, bucket), n in counts.items() if n]
+        rows = [
+            (enterprise, bucket, n)
+            for enterprise, buckets in counts.items()
+            for bucket, n in buckets.items()
+            if n
+        ]
         if since is None or not rows:
             return
         ts = int(time.time() * 1000)
