@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,15 +212,21 @@ def start_origin(stack: contextlib.ExitStack, tmp: Path) -> Service:
     return _nginx(stack, tmp, "nginx-origin", origin_conf(tmp, port), port)
 
 
-def _gateway(
-    stack: contextlib.ExitStack, tmp: Path, name: str, workers: int, settings: dict[str, Any]
+def gateway(
+    stack: contextlib.ExitStack,
+    tmp: Path,
+    name: str,
+    workers: int,
+    settings: dict[str, Any],
+    under: Sequence[str] = (),
 ) -> Service:
+    """A pvgate gateway (run ``under`` a tool such as valgrind, if given)."""
     port, metrics = free_port(), free_port()
     config = {"listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{metrics}",
               "workers": workers, "log_level": "warning", **settings}  # fmt: skip
     path = tmp / f"{name}-{workers}.toml"
     path.write_text(tomli_w.dumps(config))
-    argv = [sys.executable, "-m", "pvgate.cli", "gateway", "--config", str(path)]
+    argv = [*under, sys.executable, "-m", "pvgate.cli", "gateway", "--config", str(path)]
     return spawn(stack, tmp, name, argv, f"http://127.0.0.1:{metrics}/readyz", port)
 
 
@@ -235,13 +242,13 @@ def start_contenders(
     site = {"host": HOST, "enterprise_id": ENTERPRISE, "status": "approved",
             "origin": f"http://127.0.0.1:{origin.port}"}  # fmt: skip
     common = {"redis": {"url": redis.url}, "site": [site]}
-    services.append(_gateway(stack, tmp, "unmetered", workers, {**common, "metering": False}))
-    services.append(_gateway(stack, tmp, "metered", workers, common))
+    services.append(gateway(stack, tmp, "unmetered", workers, {**common, "metering": False}))
+    services.append(gateway(stack, tmp, "metered", workers, common))
     return services
 
 
-async def wait_ready(service: Service) -> None:
-    deadline = time.monotonic() + READY_S
+async def wait_ready(service: Service, within: float = READY_S) -> None:
+    deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline and service.process.poll() is None:
             with contextlib.suppress(aiohttp.ClientError):
@@ -249,7 +256,7 @@ async def wait_ready(service: Service) -> None:
                     if resp.status == 200:
                         return
             await asyncio.sleep(0.1)
-    state = "exited" if service.process.poll() is not None else f"not ready in {READY_S} s"
+    state = "exited" if service.process.poll() is not None else f"not ready in {within} s"
     tail = service.log.read_text(errors="replace")[-2000:] if service.log.exists() else ""
     raise RuntimeError(f"{service.name} {state}; its log ends:\n{tail}")
 

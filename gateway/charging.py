@@ -36,7 +36,7 @@ from gateway.metrics import (
 from gateway.settings import FailureSection
 from metering import BalanceStore, Meter, MeterError, MeterNotSent
 from metering.buckets import Refusal
-from metering.deadline import Then
+from metering.deadline import Waiter
 from metering.meter import DebitResult
 from metering.usage import UsageRecorder
 
@@ -146,20 +146,20 @@ class Charger:
             return None
         return entry[0]
 
-    def charge_then(self, enterprise_id: str, then: Then) -> Charge | None:
+    def charge_for(self, enterprise_id: str, waiter: Waiter) -> Charge | None:
         """Charge one page view: the charge now (a cached refusal, the breaker open), or
-        None, and the Meter calls ``then`` with its result, for `settle`."""
+        None, and the Meter delivers its result to ``waiter``, for `settle`."""
         reason = self.blocked(enterprise_id)
         if reason is not None:
             return Blocked(reason)
         if not self._breaker.allow():
             return self._degraded(enterprise_id, replay=True)
-        self._meter.debit_then(enterprise_id, then)
+        self._meter.debit_for(enterprise_id, waiter)
         return None
 
     def settle(self, enterprise_id: str, result: DebitResult | MeterError) -> Charge:
         """The charge for a debit that came back (granted, refused, or failed)."""
-        if isinstance(result, MeterError):
+        if not isinstance(result, DebitResult):  # a compiled class: the cheaper check
             # Every waiter of a failed batch gets the same exception object: the breaker
             # counts failed Redis calls, not the views that were waiting on one.
             if result is not self._last_error:

@@ -23,7 +23,7 @@ from gateway.metrics import OUTCOME
 from gateway.routing import SiteWatcher
 from gateway.settings import GatewaySettings
 from metering.buckets import Refusal
-from metering.deadline import Then
+from metering.deadline import Waiter
 from metering.errors import MeterError
 from metering.meter import DebitResult
 from metering.sites import Site
@@ -134,10 +134,11 @@ class Policy:
             return Forward(site, None, "not_counted")
         return ChargeFirst(site)
 
-    def charge(self, site: Site, then: Then) -> Decision | None:
-        """The decision now, or None: the Meter's result comes to ``then``, for `charged`."""
+    def charge(self, site: Site, waiter: Waiter) -> Decision | None:
+        """The decision now, or None: the Meter delivers its result to ``waiter``, for
+        `charged`."""
         assert self._charger is not None
-        charge = self._charger.charge_then(site.enterprise_id, then)
+        charge = self._charger.charge_for(site.enterprise_id, waiter)
         return None if charge is None else self._decide(site, charge)
 
     def charged(self, site: Site, result: DebitResult | MeterError) -> Decision:

@@ -26,33 +26,49 @@ from metering.looplag import LoopLag
 
 log: Final = logging.getLogger("pvgate.meter")
 
-# What a waiter is answered with: a DebitResult, or the MeterError of its round.
-Then = Callable[[Any], object]
-
 
 class Waiter:
-    """One debit waiting for its round; ``then`` gets the result or the error, once.
+    """One debit waiting for its round, answered once: `deliver` gets the result (a
+    DebitResult) or the round's MeterError.
 
-    ``then`` returns False when its caller has gone away (a cancelled coroutine): a PV
-    granted to it is given back, like one granted after the deadline told it "timeout".
+    The caller is the waiter — the gateway's exchange, or the future of `Meter.debit` — so
+    a page view costs no callback object.  `deliver` returns False when its caller has gone
+    away (a cancelled coroutine): a PV granted to it is given back, like one granted after
+    the deadline told it "timeout".
     """
 
-    __slots__ = ("answered", "then")
+    __slots__ = ("answered",)
 
-    def __init__(self, then: Then) -> None:
-        self.then = then
+    def __init__(self) -> None:
         self.answered = False
 
-    def answer(self, result: object) -> bool:
+    def deliver(self, result: Any) -> bool:
+        raise NotImplementedError
+
+    def answer(self, result: Any) -> bool:
         """Hand over ``result``; False if this waiter was answered already or is gone."""
         if self.answered:
             return False
         self.answered = True
         try:
-            return self.then(result) is not False
+            return self.deliver(result)
         except Exception:  # one caller's bug must not keep the others waiting
             log.exception("a debit's caller failed on its result")
             return True
+
+
+class Calling(Waiter):
+    """A waiter that hands the result to a function, for callers that are not a `Waiter`
+    themselves (a compiled class cannot be subclassed by an interpreted one)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function: Callable[[Any], bool]) -> None:
+        super().__init__()
+        self.function = function
+
+    def deliver(self, result: Any) -> bool:
+        return self.function(result)
 
 
 Waiters = list[Waiter]

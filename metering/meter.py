@@ -53,7 +53,7 @@ from redis.asyncio import Redis
 
 from metering import scripts
 from metering.buckets import Debit, Refusal
-from metering.deadline import Deadline, Then, Waiter, Waiters, fail
+from metering.deadline import Deadline, Waiter, Waiters, fail
 from metering.errors import MeterError, MeterNotSent, MeterTimeout
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
@@ -87,6 +87,25 @@ class DebitResult:
 
 REFUSED: Final = {reason: DebitResult(False, None, reason) for reason in Refusal}
 _RECONNECT_AFTER: Final = 0.2  # seconds between attempts to make the pipe again
+
+
+class _Awaited(Waiter):
+    """The waiter of `Meter.debit`: a future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[DebitResult]) -> None:
+        super().__init__()
+        self.future = future
+
+    def deliver(self, result: DebitResult | MeterError) -> bool:
+        if self.future.done():  # cancelled: the grant, if any, is given back
+            return False
+        if isinstance(result, DebitResult):
+            self.future.set_result(result)
+        else:
+            self.future.set_exception(result)
+        return True
 
 
 class _Round:
@@ -146,26 +165,16 @@ class Meter:
         Raises `MeterError` (unavailable, timeout, script) when Redis cannot answer.  If
         the caller is cancelled meanwhile, a PV granted to it goes back.
         """
-        future: asyncio.Future[DebitResult] = asyncio.get_running_loop().create_future()
+        waiter = _Awaited(asyncio.get_running_loop().create_future())
+        self.debit_for(enterprise_id, waiter)
+        return await waiter.future
 
-        def then(result: DebitResult | MeterError) -> bool:
-            if future.done():  # cancelled: the grant, if any, is given back
-                return False
-            if isinstance(result, DebitResult):
-                future.set_result(result)
-            else:
-                future.set_exception(result)
-            return True
-
-        self.debit_then(enterprise_id, then)
-        return await future
-
-    def debit_then(self, enterprise_id: str, then: Then) -> None:
-        """`debit` for callers driven by callbacks rather than coroutines: ``then`` is
-        called with the `DebitResult` or the `MeterError`, once, in the turn of the loop
-        that reads the reply (docs/architecture.md §4)."""
-        enterprise_keys(enterprise_id)  # validates (cached) before anything is queued
-        waiter = Waiter(then)
+    def debit_for(self, enterprise_id: str, waiter: Waiter) -> None:
+        """`debit` for callers driven by callbacks rather than coroutines: the Meter calls
+        ``waiter.deliver`` with the `DebitResult` or the `MeterError`, once, in the turn of
+        the loop that reads the reply (docs/architecture.md §4)."""
+        if enterprise_id not in self._packed:  # the packed ones were validated already
+            enterprise_keys(enterprise_id)  # before anything is queued
         waiters = self._pending.get(enterprise_id)
         if waiters is None:
             self._pending[enterprise_id] = [waiter]

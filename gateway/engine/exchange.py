@@ -28,6 +28,7 @@ from gateway.engine.relay import CHUNK_END, Fed, Relay
 from gateway.engine.request import BadRequest, Request
 from gateway.engine.responses import CONTINUE
 from gateway.policy import ChargeFirst, Decision, Forward, Local
+from metering.deadline import Waiter
 from metering.errors import MeterError
 from metering.meter import DebitResult
 
@@ -41,10 +42,12 @@ _DEBIT: Final = object()  # what an exchange waits for while its page view's deb
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
-class Exchange:
-    """The state of one request between the visitor and the origin."""
+class Exchange(Waiter):
+    """The state of one request between the visitor and the origin; for a page view, the
+    waiter of its debit too (`deliver`)."""
 
     def __init__(self, engine: Engine, visitor: VisitorConnection, request: Request) -> None:
+        super().__init__()
         self.engine = engine
         self.visitor = visitor
         self.request = request
@@ -175,21 +178,22 @@ class Exchange:
         self._charge_after_body = None
         self._charging = first
         self._waiting = _DEBIT
-        decision = self.engine.policy.charge(first.site, self._on_debit)
+        decision = self.engine.policy.charge(first.site, self)
         if decision is not None:
             self._waiting = None
             self._decided(decision)
 
-    def _on_debit(self, result: DebitResult | MeterError) -> None:
-        """The Meter's result, called in the turn that read Redis's reply."""
+    def deliver(self, result: DebitResult | MeterError) -> bool:
+        """The Meter's result, in the turn that read Redis's reply."""
         assert self._charging is not None
         decision = self.engine.policy.charged(self._charging.site, result)
         if self._waiting is not _DEBIT:  # the visitor went away meanwhile
             if isinstance(decision, Forward):
                 self.engine.policy.client_gone(decision)
-            return
+            return True
         self._waiting = None
         self._decided(decision)
+        return True
 
     def _decided(self, decision: Decision) -> None:
         if isinstance(decision, Local):

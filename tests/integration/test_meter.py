@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from metering import BalanceStore, Meter, MeterTimeout, metrics
 from metering.buckets import Refusal
+from metering.deadline import Calling
 from pvgate.embedded import RedisServer
 from tests.helpers import gift, package
 
@@ -160,27 +161,26 @@ async def test_a_hung_redis_fails_even_while_the_loop_lags():
 
 
 async def test_a_caller_failing_on_its_result_keeps_no_other_waiting(client, caplog):
-    """`debit_then` calls each caller back in place: one that raises is logged, and the
-    callers after it in the same round still get their results."""
+    """`debit_for` delivers to each waiter in place: one that raises is logged, and the
+    waiters after it in the same round still get their results."""
     await BalanceStore(client).credit("calls", gift("g", 3))
     meter = Meter(client)
     await meter.prepare()
     got: list[object] = []
 
-    def broken(result: object) -> None:
+    def broken(result: object) -> bool:
         raise RuntimeError("a caller's bug")
 
     everyone = asyncio.Event()
 
-    def collect(result: object) -> None:
+    def collect(result: object) -> bool:
         got.append(result)
         if len(got) == 3:
             everyone.set()
+        return True
 
-    meter.debit_then("calls", collect)
-    meter.debit_then("calls", broken)
-    meter.debit_then("calls", collect)
-    meter.debit_then("calls", collect)
+    for function in (collect, broken, collect, collect):
+        meter.debit_for("calls", Calling(function))
     await asyncio.wait_for(everyone.wait(), 5)
     await meter.aclose()
     assert [r.bucket_id for r in got] == ["g", "g", None]  # the broken one took a PV
@@ -188,7 +188,7 @@ async def test_a_caller_failing_on_its_result_keeps_no_other_waiting(client, cap
 
 
 async def test_a_caller_gone_when_its_grant_arrives_gives_it_back(client):
-    """``then`` answering False (its caller went away) returns the PV it was granted."""
+    """A waiter answering False (its caller went away) returns the PV it was granted."""
     store = BalanceStore(client)
     await store.credit("left", gift("g", 5))
     meter = Meter(client)
@@ -199,7 +199,7 @@ async def test_a_caller_gone_when_its_grant_arrives_gives_it_back(client):
         answered.set()
         return False
 
-    meter.debit_then("left", gone)
+    meter.debit_for("left", Calling(gone))
     await asyncio.wait_for(answered.wait(), 5)
     await meter.aclose()  # waits for the give-back
     assert (await store.snapshot("left")).buckets[0].used == 0
