@@ -35,9 +35,13 @@ _ASSETS: Final = frozenset(ASSET_SUFFIXES)
 _DOCUMENT_DESTS: Final = frozenset({"document", "iframe"})
 
 
-def is_page_view(method: str, path: str, headers: dict[str, str], site: Site) -> bool:
-    """``headers``: the request's header values by lowercase name."""
-    if method != "GET" or _is_speculative(headers):
+def is_page_view(
+    method: str, path: str, headers: dict[str, str], site: Site, purpose: bool = True
+) -> bool:
+    """``headers``: the request's header values by lowercase name; ``purpose``: False when
+    the request has none of the headers that mark a prefetch (the engine knows while
+    parsing), so they need not be looked up."""
+    if method != "GET" or (purpose and _is_speculative(headers)):
         return False
     # Each suffix has one dot, its first character: the path ends with one of them if and
     # only if what follows its last dot is one (one set lookup, not fifteen comparisons).

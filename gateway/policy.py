@@ -126,7 +126,7 @@ class Policy:
             return Forward(site, None, "not_counted")
         assert self._charger is not None
         if request.upgrade or not is_page_view(
-            request.method, request.path, request.fields, site
+            request.method, request.path, request.fields, site, request.purpose
         ):  # a websocket is never a page view
             reason = self._charger.blocked(site.enterprise_id)
             if reason is not None:

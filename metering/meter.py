@@ -52,14 +52,14 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from metering import scripts
-from metering.buckets import Debit, Refusal
+from metering.buckets import Refusal
 from metering.deadline import Deadline, Waiter, Waiters, fail
 from metering.errors import MeterError, MeterNotSent, MeterTimeout
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
 from metering.metrics import METER_BATCH_SIZE, METER_DURATION
 from metering.pipe import PipeTarget, RedisPipe, pack, pack_head
-from metering.replies import parse_debit
+from metering.replies import debit_takes
 from metering.rounds import Calls, ClientRounds, Sent, waited
 from metering.scripts import RedisClient
 from metering.sentinel import SentinelMaster
@@ -447,28 +447,30 @@ class Meter:
 
     def _resolve(self, enterprise_id: str, waiters: Waiters, replies: Sequence[Any]) -> None:
         """Hand the grants of this enterprise's calls to its waiters in arrival order."""
-        debits: list[Debit] = []
+        takes: list[tuple[str, int]] = []
+        reason = ""  # why the last call that was refused some took no more
         error: Exception | None = None
         for reply in replies:
             if isinstance(reply, Exception):
                 error = error or scripts.translate(reply, f"debit {enterprise_id}")
             else:
-                debits.append(parse_debit(reply))
+                these, why = debit_takes(reply)
+                takes += these
+                if why:
+                    reason = why
         position = 0
         abandoned: dict[str, int] = {}
-        for debit in debits:
-            for bucket_id, n in debit.takes:
-                result = DebitResult(True, bucket_id)
-                for waiter in waiters[position : position + n]:
-                    if not waiter.answer(result):  # the caller went away: its PV goes back
-                        abandoned[bucket_id] = abandoned.get(bucket_id, 0) + 1
-                position += n
+        for bucket_id, n in takes:
+            result = DebitResult(True, bucket_id)
+            for waiter in waiters[position : position + n]:
+                if not waiter.answer(result):  # the caller went away: its PV goes back
+                    abandoned[bucket_id] = abandoned.get(bucket_id, 0) + 1
+            position += n
         rest = waiters[position:]
         if error is not None:
             fail(rest, error)
         elif rest:
-            reason = next((d.reason for d in reversed(debits) if d.reason), Refusal.EXHAUSTED)
-            refused = REFUSED[reason]
+            refused = REFUSED[Refusal(reason) if reason else Refusal.EXHAUSTED]
             for waiter in rest:
                 waiter.answer(refused)
         for bucket_id, k in abandoned.items():

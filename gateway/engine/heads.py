@@ -43,6 +43,8 @@ _REQUEST_OWN: Final = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"via",
 }
+# The headers that can mark a request as a prefetch (gateway/classify.py reads them).
+_PURPOSE: Final = frozenset({b"sec-purpose", b"purpose", b"x-moz"})
 _PLAIN_CONNECTION: Final = frozenset(
     {b"keep-alive", b"Keep-Alive", b"close", b"Close", b"upgrade", b"Upgrade"}
 )
@@ -108,13 +110,14 @@ _NAMES_KEPT: Final = 1024
 class Name:
     """A request header's name: lowercase, its role, its key in `Request.fields`."""
 
-    __slots__ = ("field", "lower", "role", "single")
+    __slots__ = ("field", "lower", "purpose", "role", "single")
 
     def __init__(self, name: bytes) -> None:
         lower = name.lower()
         self.lower = lower
         self.field: str | None = FIELDS.get(lower)
         self.single = lower in SINGLE
+        self.purpose = lower in _PURPOSE
         if lower not in _REQUEST_OWN:
             self.role = PASS
         elif lower == b"x-forwarded-for":

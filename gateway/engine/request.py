@@ -64,6 +64,7 @@ class Request:
         "method",
         "passed",
         "path",
+        "purpose",
         "target",
         "upgrade",
         "version",
@@ -84,6 +85,7 @@ class Request:
         self.via: list[bytes] = []
         self.connection_names = False
         self.fields: dict[str, str] = {}
+        self.purpose = False  # a Sec-Purpose, Purpose or X-Moz header came (a prefetch?)
         self.host = ""
         self.keep_alive = True
         self.content_length = 0

@@ -217,6 +217,8 @@ class VisitorConnection(asyncio.Protocol):
             value = value.rstrip(b" \t")  # llhttp drops leading whitespace, not trailing
         headers.append((name, value))
         known = heads.request_header(request, name, value)
+        if known.purpose:
+            request.purpose = True
         key = known.field
         if key is not None:
             if known.single and key in request.fields:

@@ -142,3 +142,11 @@ def test_names_past_the_kept_ones_are_sorted_all_the_same():
     assert response.has_length
     assert len(heads._RESPONSE_ROLES) <= heads._NAMES_KEPT
     assert all(b"%b: r\r\n" % n in heads.visitor_response(request, response, True) for n in names)
+
+
+def test_the_headers_that_can_mark_a_prefetch_are_flagged_while_parsing():
+    """Classification looks for a prefetch only when one of these came (gateway/classify.py)."""
+    for name in (b"Sec-Purpose", b"purpose", b"X-Moz"):
+        assert heads.Name(name).purpose
+    for name in (b"Accept", b"Sec-Fetch-Dest", b"X-Purpose-Of-Life"):
+        assert not heads.Name(name).purpose
