@@ -60,12 +60,16 @@ class Forward:
 
 
 class ChargeFirst:
-    """A page view: `Policy.charge` decides (after its body, if any, has arrived)."""
+    """A page view: `Policy.charge` decides (after its body, if any, has arrived).
 
-    __slots__ = ("site",)
+    ``enterprise_id`` is read off the site once (an interpreted object's attribute is a
+    lookup by name)."""
+
+    __slots__ = ("enterprise_id", "site")
 
     def __init__(self, site: Site) -> None:
         self.site = site
+        self.enterprise_id: str = site.enterprise_id
 
 
 Decision = Local | Forward
@@ -134,16 +138,16 @@ class Policy:
             return Forward(site, None, "not_counted")
         return ChargeFirst(site)
 
-    def charge(self, site: Site, waiter: Waiter) -> Decision | None:
+    def charge(self, view: ChargeFirst, waiter: Waiter) -> Decision | None:
         """The decision now, or None: the Meter delivers its result to ``waiter``, for
         `charged`."""
         assert self._charger is not None
-        charge = self._charger.charge_for(site.enterprise_id, waiter)
-        return None if charge is None else self._decide(site, charge)
+        charge = self._charger.charge_for(view.enterprise_id, waiter)
+        return None if charge is None else self._decide(view.site, charge)
 
-    def charged(self, site: Site, result: DebitResult | MeterError) -> Decision:
+    def charged(self, view: ChargeFirst, result: DebitResult | MeterError) -> Decision:
         assert self._charger is not None
-        return self._decide(site, self._charger.settle(site.enterprise_id, result))
+        return self._decide(view.site, self._charger.settle(view.enterprise_id, result))
 
     def _decide(self, site: Site, charge: Charge) -> Decision:
         if isinstance(charge, Granted):

@@ -178,7 +178,7 @@ class Exchange(Waiter):
         self._charge_after_body = None
         self._charging = first
         self._waiting = _DEBIT
-        decision = self.engine.policy.charge(first.site, self)
+        decision = self.engine.policy.charge(first, self)
         if decision is not None:
             self._waiting = None
             self._decided(decision)
@@ -186,7 +186,7 @@ class Exchange(Waiter):
     def deliver(self, result: DebitResult | MeterError) -> bool:
         """The Meter's result, in the turn that read Redis's reply."""
         assert self._charging is not None
-        decision = self.engine.policy.charged(self._charging.site, result)
+        decision = self.engine.policy.charged(self._charging, result)
         if self._waiting is not _DEBIT:  # the visitor went away meanwhile
             if isinstance(decision, Forward):
                 self.engine.policy.client_gone(decision)
