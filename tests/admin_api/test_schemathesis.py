@@ -114,7 +114,9 @@ def _fuzz(url: str, token: str, seeded: dict[str, Any]) -> tuple[list[str], int]
                     _bounded(strategy, functools.partial(fuzzer.send, use_seed=use_seed))()
                 except Exception as exc:
                     where = "seeded ids" if use_seed else "generated ids"
-                    failures.append(f"{operation.label} ({mode.value}, {where}):\n{exc}")
+                    # A flaky failure (an exception group) says what failed only inside.
+                    inner = "".join(f"\n  {e!r}" for e in getattr(exc, "exceptions", ()))
+                    failures.append(f"{operation.label} ({mode.value}, {where}):\n{exc}{inner}")
             assert time.monotonic() - started < BUDGET_S, "schemathesis run over its budget"
     return failures, fuzzer.sent
 
