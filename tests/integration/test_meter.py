@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from metering import BalanceStore, Meter, MeterTimeout, metrics
 from metering.buckets import Refusal
 from metering.deadline import Calling
+from metering.meter import DebitResult
 from pvgate.embedded import RedisServer
 from tests.helpers import gift, package
 
@@ -166,14 +167,14 @@ async def test_a_caller_failing_on_its_result_keeps_no_other_waiting(client, cap
     await BalanceStore(client).credit("calls", gift("g", 3))
     meter = Meter(client)
     await meter.prepare()
-    got: list[object] = []
+    got: list[DebitResult] = []
 
     def broken(result: object) -> bool:
         raise RuntimeError("a caller's bug")
 
     everyone = asyncio.Event()
 
-    def collect(result: object) -> bool:
+    def collect(result: DebitResult) -> bool:
         got.append(result)
         if len(got) == 3:
             everyone.set()
