@@ -8,9 +8,9 @@ lag, so that a hung Redis behind a saturated loop still fails.  Firing hands the
 round's waiters a `MeterTimeout` once; ``on_limit``, if given, runs if the round is still
 unanswered at ``limit`` (the Meter drops a connection stuck that long).
 
-A `Waiter` is one page view's debit in a round: it is answered once, by calling its
-caller's function in place — no future, no callback scheduled for a later turn of the
-loop, which a page view would pay for twice (docs/architecture.md §4).
+A `Waiter` is one page view's debit in a round, and is its caller (the engine's exchange):
+it is answered once, in place — no future, no callback scheduled for a later turn of the
+loop, which a page view would pay for twice (docs/architecture.md §3, "The Meter").
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ Meter calls the exchange back itself, in the turn that reads Redis's reply.  The
 body is held until it is whole when it is small (up to ``request_buffer_bytes``), so that
 a client that trickles its body never holds an origin connection; a larger body streams,
 within the pool's share for uploads.  A page view's body is always read whole before its
-PV is taken.  The response streams back with
-back-pressure both ways; the origin connection returns to its pool only after a complete
-response that allows keep-alive (docs/architecture.md §4).
+PV is taken.  The response streams back with back-pressure both ways; the origin
+connection returns to its pool only after a complete response that allows keep-alive
+(docs/architecture.md §4).
 """
 
 from __future__ import annotations
