@@ -2,7 +2,7 @@
 
 Run from the repository root (needs valgrind: Debian package ``valgrind``)::
 
-    python -m benchmarks.instructions [--requests N] [--connections K] [--json]
+    python -m benchmarks.instructions [--requests N] [--connections K] [--json] [--keep DIR]
 
 Throughput on a shared machine moves by a fifth from one run to the next; the count of
 instructions a worker executes per request does not (valgrind's callgrind counts them the
@@ -95,12 +95,16 @@ def worker_pid(service: Service) -> int:
     raise RuntimeError(f"no worker found under the {service.name} gateway")
 
 
-def counted(tmp: Path, pid: int) -> int:
-    """The instructions in the worker's last callgrind dump."""
-    dumps = sorted(glob.glob(f"{tmp}/callgrind.{pid}.out*"), key=os.path.getmtime)
-    found = re.search(r"^(?:summary|totals): (\d+)", Path(dumps[-1]).read_text(), re.M)
+def last_dump(tmp: Path, pid: int) -> Path:
+    """The worker's last callgrind dump."""
+    return Path(sorted(glob.glob(f"{tmp}/callgrind.{pid}.out*"), key=os.path.getmtime)[-1])
+
+
+def counted(dump: Path) -> int:
+    """The instructions in a callgrind dump."""
+    found = re.search(r"^(?:summary|totals): (\d+)", dump.read_text(), re.M)
     if found is None:
-        raise RuntimeError(f"no total in {dumps[-1]}")
+        raise RuntimeError(f"no total in {dump}")
     return int(found.group(1))
 
 
@@ -126,7 +130,8 @@ async def measure(
             statuses = await page_views(service.port, requests, connections)
             await _callgrind_control("-d", pid)  # dump what was counted
             after = await store.snapshot(ENTERPRISE)
-            instructions = counted(tmp, pid)
+            dump = last_dump(tmp, pid)
+            instructions = counted(dump)
     finally:
         await client.aclose()
     debited = sum(b.used for b in after.buckets) - sum(b.used for b in before.buckets)
@@ -135,7 +140,7 @@ async def measure(
         problems.append(f"PV debited {debited} != 200 answers {statuses[200]}")
     return {"requests": requests, "instructions": instructions,
             "per_request": instructions / requests, "pv_debited": debited,
-            "problems": problems}  # fmt: skip
+            "problems": problems, "dump": str(dump)}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,6 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000, help="page views counted")
     parser.add_argument("--connections", type=int, default=16, help="keep-alive connections")
     parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="copy each worker's callgrind dump to DIR (for callgrind_annotate)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
@@ -164,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = asyncio.run(measure(Path(tmp), redis, origin, name, args.requests,
                                       args.connections))  # fmt: skip
             result[name] = run
+            dump = run.pop("dump")
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(dump, args.keep / f"callgrind.{name}.out")
             verdict = "INVALID: " + "; ".join(run["problems"]) if run["problems"] else "valid"
             print(f"{name:<10}{run['per_request']:>10,.0f} instructions per page view   "
                   f"({args.requests:,} over {args.connections} connections)   {verdict}",

@@ -1,6 +1,7 @@
 """Charging one page view: the Meter behind a blocked-state cache and a circuit breaker.
 
-    charge(enterprise) → Granted(bucket) | Blocked(reason) | Unmetered | Unavailable
+    charge(enterprise) → DebitResult (granted: its bucket; refused: why) | Unmetered
+                         | Unavailable
 
 * A refusal is cached per enterprise for ``blocked_cache`` seconds: page views and the
   other requests of a blocked enterprise are refused without a Redis call, and a top-up
@@ -37,28 +38,14 @@ from gateway.settings import FailureSection
 from metering import BalanceStore, Meter, MeterError, MeterNotSent
 from metering.buckets import Refusal
 from metering.deadline import Waiter
-from metering.meter import DebitResult
+from metering.meter import REFUSED, DebitResult
 from metering.usage import UsageRecorder
 
 log: Final = logging.getLogger("pvgate.charging")
 
 
-# Plain classes: compiled, a dataclass's generated __init__ would run interpreted
+# A plain class: compiled, a dataclass's generated __init__ would run interpreted
 # (docs/architecture.md §4 "Compiled").
-class Granted:
-    __slots__ = ("bucket_id",)
-
-    def __init__(self, bucket_id: str) -> None:
-        self.bucket_id = bucket_id
-
-
-class Blocked:
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: Refusal) -> None:
-        self.reason = reason
-
-
 class Unmetered:
     """Served without a debit (fail-open); ``replay``: queued to be debited later."""
 
@@ -74,7 +61,8 @@ class _Unavailable:
 
 UNAVAILABLE: Final = _Unavailable()
 _REPLAY, _UNBILLED = Unmetered(replay=True), Unmetered(replay=False)
-Charge = Granted | Blocked | Unmetered | _Unavailable
+# A debit's own result is the charge: granted (from its bucket) or refused (and why).
+Charge = DebitResult | Unmetered | _Unavailable
 
 
 class CircuitBreaker:
@@ -151,7 +139,7 @@ class Charger:
         None, and the Meter delivers its result to ``waiter``, for `settle`."""
         reason = self.blocked(enterprise_id)
         if reason is not None:
-            return Blocked(reason)
+            return REFUSED[reason]
         if not self._breaker.allow():
             return self._degraded(enterprise_id, replay=True)
         self._meter.debit_for(enterprise_id, waiter)
@@ -173,13 +161,12 @@ class Charger:
         self._breaker.success()
         if self._served_unmetered and not self._to_replay:
             self._served_unmetered.clear()  # the outage is over: allowances start afresh
-        if result.bucket_id is not None:
-            PV_DEBITED.inc()
-            self._usage.record(enterprise_id, result.bucket_id)
-            return Granted(result.bucket_id)
+        if result.granted:
+            PV_DEBITED.inc()  # its usage was recorded by the Meter, per bucket and round
+            return result
         assert result.reason is not None
         self._blocked[enterprise_id] = (result.reason, time.monotonic() + self._blocked_cache)
-        return Blocked(result.reason)
+        return result
 
     def _degraded(self, enterprise_id: str, *, replay: bool) -> Charge:
         if not self._fail_open or self._served_unmetered[enterprise_id] >= self._allowance:

@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Final
 
-from metering.sites import Site
+from gateway.routing import Route
 
 ASSET_SUFFIXES: Final = (
     ".js",
@@ -36,11 +36,11 @@ _DOCUMENT_DESTS: Final = frozenset({"document", "iframe"})
 
 
 def is_page_view(
-    method: str, path: str, headers: dict[str, str], site: Site, purpose: bool = True
+    method: str, path: str, headers: dict[str, str], route: Route, purpose: bool = True
 ) -> bool:
-    """``headers``: the request's header values by lowercase name; ``purpose``: False when
-    the request has none of the headers that mark a prefetch (the engine knows while
-    parsing), so they need not be looked up."""
+    """``headers``: the request's header values by lowercase name; ``route``: its site;
+    ``purpose``: False when the request has none of the headers that mark a prefetch (the
+    engine knows while parsing), so they need not be looked up."""
     if method != "GET" or (purpose and _is_speculative(headers)):
         return False
     # Each suffix has one dot, its first character: the path ends with one of them if and
@@ -54,9 +54,9 @@ def is_page_view(
             return False
     elif headers.get("sec-fetch-mode") is not None or "text/html" not in headers.get("accept", ""):
         return False
-    if not site.include and not site.exclude:
+    if not route.ruled:
         return True  # no rules, the usual case: no call to the cache
-    return _allowed_by_rules(path, site.include, site.exclude)
+    return _allowed_by_rules(path, route.include, route.exclude)
 
 
 def _is_speculative(headers: dict[str, str]) -> bool:

@@ -1,9 +1,10 @@
 """What the gateway does with a request: route, classify, charge (docs/architecture.md §4).
 
 The engine parses bytes; this module decides, knowing nothing of sockets.  For each
-request the engine asks `Policy.route`, then — for a page view — `Policy.charge` and,
-when the Meter's debit comes back, `Policy.charged`; the answer is a `Local` response
-prepared once (a block page, 404, 503) or a `Forward` to the site's origin.  When the
+request the engine asks `Policy.route`, then — for a page view, which it answers with its
+site's `Route` — `Policy.charge` and, when the Meter's debit comes back,
+`Policy.charged`; the answer is a `Local` response prepared once (a block page, 404, 503)
+or a `Forward` to the site's origin.  When the
 exchange with the origin is over the engine reports it to `Policy.finished`, which gives
 the PV back if the origin failed to deliver a charged view, and counts the outcome.
 Per request: one dictionary lookup for the site, a few header checks, at most one Meter
@@ -15,18 +16,17 @@ from __future__ import annotations
 import asyncio
 
 from gateway import blockpage
-from gateway.charging import Blocked, Charge, Charger, Granted, Unmetered
+from gateway.charging import Charge, Charger, Unmetered
 from gateway.classify import is_page_view
 from gateway.engine.request import Request
 from gateway.engine.responses import Page
 from gateway.metrics import OUTCOME
-from gateway.routing import SiteWatcher
+from gateway.routing import Route, SiteWatcher
 from gateway.settings import GatewaySettings
 from metering.buckets import Refusal
 from metering.deadline import Waiter
 from metering.errors import MeterError
 from metering.meter import DebitResult
-from metering.sites import Site
 
 
 # Plain classes: compiled, a dataclass's generated __init__ would run interpreted
@@ -42,34 +42,21 @@ class Local:
 
 
 class Forward:
-    """Send the request to the site's origin; ``bucket_id`` paid for it, if anything.
+    """Send the request to its site's origin; ``bucket_id`` paid for it, if anything.
 
     ``outcome`` is counted once the origin has answered: served, not_counted (or "");
     ``unmetered``: served fail-open.
     """
 
-    __slots__ = ("bucket_id", "outcome", "site", "unmetered")
+    __slots__ = ("bucket_id", "outcome", "route", "unmetered")
 
     def __init__(
-        self, site: Site, bucket_id: str | None, outcome: str, unmetered: Unmetered | None = None
+        self, route: Route, bucket_id: str | None, outcome: str, unmetered: Unmetered | None = None
     ) -> None:
-        self.site = site
+        self.route = route
         self.bucket_id = bucket_id
         self.outcome = outcome
         self.unmetered = unmetered
-
-
-class ChargeFirst:
-    """A page view: `Policy.charge` decides (after its body, if any, has arrived).
-
-    ``enterprise_id`` is read off the site once (an interpreted object's attribute is a
-    lookup by name)."""
-
-    __slots__ = ("enterprise_id", "site")
-
-    def __init__(self, site: Site) -> None:
-        self.site = site
-        self.enterprise_id: str = site.enterprise_id
 
 
 Decision = Local | Forward
@@ -122,41 +109,44 @@ class Policy:
             for status in (502, 503, 504)
         }
 
-    def route(self, request: Request) -> Decision | ChargeFirst:
-        site = self._sites.table.route(request.host, request.path)
-        if site is None:
+    def route(self, request: Request) -> Decision | Route:
+        """Where a request goes: a page of the gateway's own, the origin, or — a page
+        view — its site's `Route`, to be charged first."""
+        route = self._sites.table.route(request.host, request.path)
+        if route is None:
             return self.not_found
         if not self._metering:
-            return Forward(site, None, "not_counted")
+            return Forward(route, None, "not_counted")
         assert self._charger is not None
         if request.upgrade or not is_page_view(
-            request.method, request.path, request.fields, site, request.purpose
+            request.method, request.path, request.fields, route, request.purpose
         ):  # a websocket is never a page view
-            reason = self._charger.blocked(site.enterprise_id)
+            reason = self._charger.blocked(route.enterprise_id)
             if reason is not None:
                 return self._blocked[reason]
-            return Forward(site, None, "not_counted")
-        return ChargeFirst(site)
+            return Forward(route, None, "not_counted")
+        return route
 
-    def charge(self, view: ChargeFirst, waiter: Waiter) -> Decision | None:
+    def charge(self, view: Route, waiter: Waiter) -> Decision | None:
         """The decision now, or None: the Meter delivers its result to ``waiter``, for
         `charged`."""
         assert self._charger is not None
         charge = self._charger.charge_for(view.enterprise_id, waiter)
-        return None if charge is None else self._decide(view.site, charge)
+        return None if charge is None else self._decide(view, charge)
 
-    def charged(self, view: ChargeFirst, result: DebitResult | MeterError) -> Decision:
+    def charged(self, view: Route, result: DebitResult | MeterError) -> Decision:
         assert self._charger is not None
-        return self._decide(view.site, self._charger.settle(view.enterprise_id, result))
+        return self._decide(view, self._charger.settle(view.enterprise_id, result))
 
-    def _decide(self, site: Site, charge: Charge) -> Decision:
-        if isinstance(charge, Granted):
-            return Forward(site, charge.bucket_id, "served")
-        if isinstance(charge, Blocked):
+    def _decide(self, route: Route, charge: Charge) -> Decision:
+        if isinstance(charge, DebitResult):
+            if charge.granted:
+                return Forward(route, charge.bucket_id, "served")
+            assert charge.reason is not None
             return self._blocked[charge.reason]
         if isinstance(charge, Unmetered):
             OUTCOME["fail_open"].inc()  # counted as served, whatever the origin does
-            return Forward(site, None, "", charge)
+            return Forward(route, None, "", charge)
         return self.fail_closed
 
     def finished(self, forward: Forward, failed: bool) -> asyncio.Task[None] | None:
@@ -181,11 +171,11 @@ class Policy:
         """The view was not delivered: its PV goes back (or, fail-open, is not replayed)."""
         if forward.unmetered is not None:
             assert self._charger is not None
-            self._charger.not_delivered(forward.site.enterprise_id, forward.unmetered)
+            self._charger.not_delivered(forward.route.enterprise_id, forward.unmetered)
         if forward.bucket_id is None:
             return None
         assert self._charger is not None
-        return self._charger.give_back_soon(forward.site.enterprise_id, forward.bucket_id)
+        return self._charger.give_back_soon(forward.route.enterprise_id, forward.bucket_id)
 
     def sent(self, local: Local) -> None:
         OUTCOME[local.outcome].inc()

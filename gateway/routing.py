@@ -28,45 +28,68 @@ log = logging.getLogger("pvgate.routing")
 _REDIS_FAILURES = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 
 
+class Route:
+    """A site as the request path reads it: its fields copied once, when the table is
+    built, into a compiled record (each attribute of the interpreted `Site` is a lookup by
+    name; docs/architecture.md §4 "Compiled").  A page view's `Route` is also what the
+    policy hands back to be charged (`gateway.policy`)."""
+
+    __slots__ = ("enterprise_id", "exclude", "include", "origin", "path_prefix", "ruled", "site")
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.enterprise_id: str = site.enterprise_id
+        self.origin: str = site.origin
+        self.path_prefix: str = site.path_prefix
+        self.include: tuple[str, ...] = site.include
+        self.exclude: tuple[str, ...] = site.exclude
+        self.ruled = bool(site.include or site.exclude)  # has path rules of its own
+
+    def __repr__(self) -> str:
+        return f"Route({self.site!r})"
+
+
 class SiteTable:
     """Approved sites by exact host, by wildcard suffix, then by longest path prefix."""
 
     def __init__(self, sites: Iterable[Site]) -> None:
-        self._exact: dict[str, list[Site]] = {}
-        self._wildcard: dict[str, list[Site]] = {}
+        self._exact: dict[str, list[Route]] = {}
+        self._wildcard: dict[str, list[Route]] = {}
         count = 0
         for site in sites:
             if site.status is not SiteStatus.APPROVED:
                 continue
             count += 1
             if site.host.startswith("*."):
-                self._wildcard.setdefault(site.host[1:], []).append(site)  # ".example.com"
+                self._wildcard.setdefault(site.host[1:], []).append(Route(site))  # ".example.com"
             else:
-                self._exact.setdefault(site.host, []).append(site)
+                self._exact.setdefault(site.host, []).append(Route(site))
         for table in (self._exact, self._wildcard):
             for candidates in table.values():
-                candidates.sort(key=lambda s: len(s.path_prefix), reverse=True)
+                candidates.sort(key=lambda r: len(r.path_prefix), reverse=True)
         self.size = count
 
-    def route(self, host: str, path: str) -> Site | None:
+    def route(self, host: str, path: str) -> Route | None:
         """The site for a (lowercase, port-less) host and a path, or None."""
-        site = _by_prefix(self._exact.get(host), path)
-        if site is not None:
-            return site
+        route = _by_prefix(self._exact.get(host), path)
+        if route is not None:
+            return route
         dot = host.find(".")
         while dot != -1:  # the longest matching suffix wins: a.b.c → .b.c, then .c
-            site = _by_prefix(self._wildcard.get(host[dot:]), path)
-            if site is not None:
-                return site
+            route = _by_prefix(self._wildcard.get(host[dot:]), path)
+            if route is not None:
+                return route
             dot = host.find(".", dot + 1)
         return None
 
 
-def _by_prefix(candidates: list[Site] | None, path: str) -> Site | None:
-    for site in candidates or ():
-        prefix = site.path_prefix
+def _by_prefix(candidates: list[Route] | None, path: str) -> Route | None:
+    if candidates is None:
+        return None
+    for route in candidates:
+        prefix = route.path_prefix
         if not prefix or path == prefix or path.startswith(prefix + "/"):
-            return site
+            return route
     return None
 
 

@@ -75,7 +75,10 @@ async def gateway_engine(settings: GatewaySettings) -> AsyncIterator[tuple[Engin
     usage = UsageRecorder(client, settings.identity(), interval=settings.usage_flush_ms / 1000)
     await usage.start()
     meter = Meter(
-        client, timeout=settings.redis.timeout_ms / 1000, wait_replicas=settings.redis.wait_replicas
+        client,
+        timeout=settings.redis.timeout_ms / 1000,
+        wait_replicas=settings.redis.wait_replicas,
+        usage=usage,
     )
     try:
         await meter.prepare()  # no NOSCRIPT round trips on the first page views

@@ -63,6 +63,7 @@ from metering.replies import debit_takes
 from metering.rounds import Calls, ClientRounds, Sent, waited
 from metering.scripts import RedisClient
 from metering.sentinel import SentinelMaster
+from metering.usage import UsageRecorder
 
 log: Final = logging.getLogger("pvgate.meter")
 
@@ -118,7 +119,12 @@ class _Round:
 
 
 class Meter:
-    """Batches single-PV debits; works with `redis.asyncio.Redis` and `RedisCluster`."""
+    """Batches single-PV debits; works with `redis.asyncio.Redis` and `RedisCluster`.
+
+    Given a ``usage`` recorder, the Meter tells it which bucket paid for the PV it took
+    and handed to a waiter — one record per bucket and round, not one per page view; a PV
+    it gives back at once (its waiter gone) is not recorded.
+    """
 
     def __init__(
         self,
@@ -129,10 +135,12 @@ class Meter:
         max_pipeline: int = 64,
         max_inflight: int = 2,
         wait_replicas: int = 0,
+        usage: UsageRecorder | None = None,
     ) -> None:
         if timeout <= 0 or min(max_batch, max_pipeline, max_inflight) < 1:
             raise ValueError("timeout, max_batch, max_pipeline and max_inflight must be positive")
         self._client = client
+        self._usage = usage  # told which bucket paid, per bucket and round
         # WAIT returns within half the deadline, so that a replica that lags only shows.
         self._wait = (wait_replicas, max(1, int(timeout * 500))) if wait_replicas else None
         self._rounds = ClientRounds(client, self._wait)
@@ -460,12 +468,17 @@ class Meter:
                     reason = why
         position = 0
         abandoned: dict[str, int] = {}
+        usage = self._usage
         for bucket_id, n in takes:
             result = DebitResult(True, bucket_id)
+            kept = n
             for waiter in waiters[position : position + n]:
                 if not waiter.answer(result):  # the caller went away: its PV goes back
                     abandoned[bucket_id] = abandoned.get(bucket_id, 0) + 1
+                    kept -= 1
             position += n
+            if usage is not None and kept:
+                usage.record(enterprise_id, bucket_id, kept)
         rest = waiters[position:]
         if error is not None:
             fail(rest, error)

@@ -1,9 +1,10 @@
 """UsageRecorder: tells billing which bucket paid for each page view (docs/architecture.md §3).
 
-`UsageRecorder.record` is synchronous and O(1) on the hot path: it adds n to a dict keyed
-by ``(enterprise_id, bucket_id)``.  Every ``interval`` seconds a background task cuts that
-dict into entries and appends them with XADD to the stream ``pvgate:usage``
-(`metering.keys.USAGE_STREAM`).  Entry fields (Redis stores every value as a string)::
+`UsageRecorder.record` is synchronous and O(1) on the hot path: it adds n to a count per
+``(enterprise_id, bucket_id)`` (the Meter calls it once per bucket and round of debits).
+Every ``interval`` seconds a background task cuts those counts into entries and appends
+them with XADD to the stream ``pvgate:usage`` (`metering.keys.USAGE_STREAM`).  Entry fields
+(Redis stores every value as a string)::
 
     gateway_id  the recorder's id; must be unique per recorder lifetime, because seq
                 restarts at 1 and billing would drop a reused (gateway_id, seq) as a repeat

@@ -1,7 +1,7 @@
 """One request's way through the engine: admission, the policy, the origin, the response.
 
     start ─ admission ─ Policy.route ─┬─ Local page ─────────────────────────┐
-                                      ├─ ChargeFirst ─ (body) ─ Meter debit ─┤
+                                      ├─ Route ─ (body) ─ Meter debit ───────┤
                                       └─ Forward ─ (body) ─ origin ─ response ┴─ finished
 
 Callbacks, not a task per request: each step that has to wait (an admission slot, an
@@ -27,7 +27,8 @@ from gateway.engine.origin import Origin, OriginConnection, OriginUnavailable
 from gateway.engine.relay import CHUNK_END, Fed, Relay
 from gateway.engine.request import BadRequest, Request
 from gateway.engine.responses import CONTINUE
-from gateway.policy import ChargeFirst, Decision, Forward, Local
+from gateway.policy import Decision, Forward, Local
+from gateway.routing import Route
 from metering.deadline import Waiter
 from metering.errors import MeterError
 from metering.meter import DebitResult
@@ -54,8 +55,8 @@ class Exchange(Waiter):
         self._started = time.perf_counter()
         self._admitted = False
         self._waiting: object = None  # a future, or _DEBIT while the Meter has the view
-        self._charge_after_body: ChargeFirst | None = None
-        self._charging: ChargeFirst | None = None
+        self._charge_after_body: Route | None = None
+        self._charging: Route | None = None
         self._forward: Forward | None = None
         self._body: list[bytes] = []
         self._body_size = 0
@@ -162,7 +163,7 @@ class Exchange(Waiter):
 
     def _route(self) -> None:
         decision = self.engine.policy.route(self.request)
-        if not isinstance(decision, ChargeFirst):
+        if not isinstance(decision, Route):
             self._decided(decision)
         elif self._body_done:
             self._charge(decision)
@@ -174,7 +175,7 @@ class Exchange(Waiter):
             self._charge_after_body = decision  # charged once the body has arrived
             self._continue()
 
-    def _charge(self, first: ChargeFirst) -> None:
+    def _charge(self, first: Route) -> None:
         self._charge_after_body = None
         self._charging = first
         self._waiting = _DEBIT
@@ -200,7 +201,7 @@ class Exchange(Waiter):
             self._local(decision)
             return
         self._forward = decision
-        self._origin_of = self.engine.pool.origin(decision.site.origin)
+        self._origin_of = self.engine.pool.origin(decision.route.origin)
         if self.request.upgrade or self._body_done:
             self._acquire()
             return
@@ -354,7 +355,7 @@ class Exchange(Waiter):
     def _origin_failed(self, status: int, reason: str) -> None:
         """No response came from the origin: answer 502/504 ourselves, once its PV is back
         (a visitor who retries at once must find it there)."""
-        log.warning("origin %s: %s", self._forward.site.origin if self._forward else "?", reason)
+        log.warning("origin %s: %s", self._forward.route.origin if self._forward else "?", reason)
         forward = self._forward
         self._end(reusable=False)
         giving_back = self.engine.policy.finished(forward, failed=True) if forward else None
@@ -379,7 +380,7 @@ class Exchange(Waiter):
         if not self.response_started:
             self._origin_failed(502, reason)
             return
-        log.warning("origin %s: %s", self._forward.site.origin if self._forward else "?", reason)
+        log.warning("origin %s: %s", self._forward.route.origin if self._forward else "?", reason)
         forward = self._forward
         self._end(reusable=False)
         if forward is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -13,7 +15,9 @@ from redis.asyncio import Redis
 from metering import BalanceStore, Meter, MeterTimeout, metrics
 from metering.buckets import Refusal
 from metering.deadline import Calling
+from metering.keys import USAGE_STREAM
 from metering.meter import DebitResult
+from metering.usage import UsageRecorder
 from pvgate.embedded import RedisServer
 from tests.helpers import gift, package
 
@@ -204,3 +208,40 @@ async def test_a_caller_gone_when_its_grant_arrives_gives_it_back(client):
     await asyncio.wait_for(answered.wait(), 5)
     await meter.aclose()  # waits for the give-back
     assert (await store.snapshot("left")).buckets[0].used == 0
+
+
+async def test_usage_is_recorded_per_bucket_and_round_without_the_given_back(client):
+    """The Meter tells its usage recorder which bucket paid for the PV it handed out: one
+    count per bucket of a round; a PV whose waiter was gone (given back) is not in it."""
+    store = BalanceStore(client)
+    await store.credit("usage-meter", gift("g", 2))
+    await store.credit("usage-meter", package("p", 10, at=1))
+    recorder = UsageRecorder(client, "gw-meter")
+    meter = Meter(client, usage=recorder)
+    await meter.prepare()
+    got: list[DebitResult] = []
+    everyone = asyncio.Event()
+
+    def collect(result: DebitResult) -> bool:
+        got.append(result)
+        if len(got) == 5:
+            everyone.set()
+        return True
+
+    def gone(result: object) -> bool:
+        return False
+
+    for function in (collect, gone, collect, collect, collect, collect):
+        meter.debit_for("usage-meter", Calling(function))
+    await asyncio.wait_for(everyone.wait(), 5)
+    await meter.aclose()  # waits for the give-back of the one that was gone
+    assert [r.bucket_id for r in got] == ["g", "p", "p", "p", "p"]
+    assert await recorder.flush() == 1
+    reply: Any = await client.xrange(USAGE_STREAM)
+    assert len(reply) == 1
+    assert sorted(map(tuple, orjson.loads(reply[0][1]["rows"]))) == [
+        ("usage-meter", "g", 1),
+        ("usage-meter", "p", 4),
+    ]
+    snapshot = {b.id: b.used for b in (await store.snapshot("usage-meter")).buckets}
+    assert snapshot == {"g": 1, "p": 4}  # what billing is told is what Redis counts

@@ -6,10 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.classify import ASSET_SUFFIXES, is_page_view
+from gateway.routing import Route
 from metering.sites import Site, SiteStatus
 
-SITE = Site(host="shop.test", enterprise_id="e1", origin="http://127.0.0.1:9",
-            status=SiteStatus.APPROVED)  # fmt: skip
+SITE = Route(Site(host="shop.test", enterprise_id="e1", origin="http://127.0.0.1:9",
+                  status=SiteStatus.APPROVED))  # fmt: skip
 DOCUMENT = {"accept": "text/html", "sec-fetch-dest": "document"}
 
 
@@ -28,7 +29,11 @@ def test_examples():
     assert not is_page_view("POST", "/landing", DOCUMENT, SITE)
     assert not is_page_view("GET", "/landing", {"accept": "*/*"}, SITE)
     assert not is_page_view("GET", "/landing", {**DOCUMENT, "sec-purpose": "prefetch"}, SITE)
-    ruled = Site(host="shop.test", enterprise_id="e1", origin="http://127.0.0.1:9",
-                 status=SiteStatus.APPROVED, exclude=("/admin/*",))  # fmt: skip
+    ruled = Route(Site(host="shop.test", enterprise_id="e1", origin="http://127.0.0.1:9",
+                       status=SiteStatus.APPROVED, exclude=("/admin/*",)))  # fmt: skip
     assert not is_page_view("GET", "/admin/x", DOCUMENT, ruled)
     assert is_page_view("GET", "/shop/x", DOCUMENT, ruled)
+    only = Route(Site(host="shop.test", enterprise_id="e1", origin="http://127.0.0.1:9",
+                      status=SiteStatus.APPROVED, include=("/shop/*",)))  # fmt: skip
+    assert is_page_view("GET", "/shop/x", DOCUMENT, only)
+    assert not is_page_view("GET", "/blog/x", DOCUMENT, only)
