@@ -126,6 +126,8 @@ class Charger:
 
     def blocked(self, enterprise_id: str) -> Refusal | None:
         """The cached refusal of an enterprise, if still fresh."""
+        if not self._blocked:
+            return None  # the usual case: no lookup
         entry = self._blocked.get(enterprise_id)
         if entry is None:
             return None

@@ -50,7 +50,8 @@ def is_page_view(
         return False
     dest = headers.get("sec-fetch-dest")
     if dest is not None:
-        if dest.lower() not in _DOCUMENT_DESTS:
+        # As browsers send it, first (two comparisons: no new string, no hash).
+        if dest != "document" and dest != "iframe" and dest.lower() not in _DOCUMENT_DESTS:
             return False
     elif headers.get("sec-fetch-mode") is not None or "text/html" not in headers.get("accept", ""):
         return False

@@ -1,12 +1,13 @@
-"""The deadline of one round of debits: Redis time, not wall time (docs/architecture.md §10).
+"""The deadline of a round of debits: Redis time, not wall time (docs/architecture.md §10).
 
-A `Deadline` is armed when its round is written to Redis.  When it comes due it takes the
-event loop's stall since then (`metering.looplag`) from the round's age; while what is
-left — the time the round really waited for Redis — is under ``timeout``, the loop was
-lagging and it waits for the rest.  Past ``limit`` of wall time it fires whatever the
-lag, so that a hung Redis behind a saturated loop still fails.  Firing hands the
-round's waiters a `MeterTimeout` once; ``on_limit``, if given, runs if the round is still
-unanswered at ``limit`` (the Meter drops a connection stuck that long).
+A round's `Deadline` starts when the round is written to Redis.  When it comes due it
+takes the event loop's stall since then (`metering.looplag`) from the round's age; while
+what is left — the time the round really waited for Redis — is under ``timeout``, the
+loop was lagging and it waits for the rest.  Past ``limit`` of wall time it fires
+whatever the lag, so that a hung Redis behind a saturated loop still fails.  Firing hands
+the round's waiters a `MeterTimeout` once; ``on_limit``, if given, runs if the round is
+still unanswered at ``limit`` (the Meter drops a connection stuck that long).  The
+deadlines of one Meter share one timer (`Deadlines`).
 
 A `Waiter` is one page view's debit in a round, and is its caller (the engine's exchange):
 it is answered once, in place — no future, no callback scheduled for a later turn of the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -80,60 +82,124 @@ def fail(waiters: Waiters, error: BaseException) -> None:
 
 
 class Deadline:
-    """Fails a round's waiters with a timeout once Redis, not the loop, is late (once)."""
+    """One round's deadline, watched by its `Deadlines`: fails the round's waiters with a
+    timeout once Redis, not the loop, is late (once); `cancel` when the round is answered."""
 
     __slots__ = (
-        "_lag",
-        "_limit",
-        "_loop",
-        "_on_fire",
-        "_on_limit",
-        "_stall_at_start",
-        "_started",
-        "_timeout",
-        "_timer",
+        "_limit_timer",
+        "_owner",
         "calls",
+        "cancelled",
         "fired",
         "group",
+        "on_limit",
+        "round",
+        "stall_at_start",
+        "started",
     )
 
     def __init__(
         self,
+        owner: Deadlines,
         group: Sequence[tuple[str, Waiters]],
         calls: int,
+        round_: object,
+        on_limit: Callable[[], None] | None,
+    ) -> None:
+        self._owner = owner
+        self.group, self.calls, self.round, self.on_limit = group, calls, round_, on_limit
+        self.started = time.monotonic()
+        self.stall_at_start = owner.lag.stalled()
+        self.cancelled = self.fired = False
+        self._limit_timer: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.group = ()  # the waiters are not kept until the next check
+        if self._limit_timer is not None:
+            self._limit_timer.cancel()
+
+    def fire(self) -> None:
+        if self.cancelled:
+            return  # the reply came in the turn the deadline fell due: it is used
+        self.fired = True
+        owner = self._owner
+        error = scripts.translate(TimeoutError(), f"debit of {self.calls} batches")
+        for _, waiters in self.group:
+            fail(waiters, error)
+        owner.on_fire(self.round)
+        if self.on_limit is not None:
+            left = self.started + owner.limit - time.monotonic()
+            self._limit_timer = owner.loop.call_later(max(left, 0.0), self.on_limit)
+
+
+class Deadlines:
+    """The deadlines of one Meter's rounds in flight, on one timer.
+
+    A timer per round cost a few thousand instructions (more than the rest of a round's
+    bookkeeping) for a deadline that almost never falls due.  Rounds start in order and
+    share ``timeout`` and ``limit``, so the oldest round still waiting is always the first
+    due — its Redis time (age less the loop's stall since it started) is the largest — and
+    one timer, armed for it, is enough: when it rings, answered rounds are dropped, those
+    due fire (one turn later, so that a reply read in this very turn is used rather than
+    lost), and the timer is armed again for the next, if any.  ``on_fire`` gets the
+    ``round_`` of a deadline that fired.
+    """
+
+    __slots__ = ("_queue", "_timeout", "_timer", "lag", "limit", "loop", "on_fire")
+
+    def __init__(
+        self,
         timeout: float,
         limit: float,
         lag: LoopLag,
         loop: asyncio.AbstractEventLoop,
-        on_fire: Callable[[], None],
-        on_limit: Callable[[], None] | None = None,
+        on_fire: Callable[[Any], None],
     ) -> None:
-        self.group, self.calls, self.fired = group, calls, False
-        self._on_fire, self._on_limit = on_fire, on_limit
-        self._timeout, self._limit, self._lag = timeout, limit, lag
-        self._started = time.monotonic()
-        self._stall_at_start = lag.stalled()
-        self._loop = loop
-        self._timer: asyncio.Handle = self._loop.call_later(timeout, self._due)
+        self._timeout, self.limit, self.lag, self.loop = timeout, limit, lag, loop
+        self.on_fire = on_fire
+        self._queue: deque[Deadline] = deque()
+        self._timer: asyncio.TimerHandle | None = None
 
-    def _due(self) -> None:
-        age = time.monotonic() - self._started
-        redis_time = age - (self._lag.stalled() - self._stall_at_start)
-        if redis_time < self._timeout and age < self._limit:
-            self._timer = self._loop.call_later(self._timeout - redis_time, self._due)
-            return
-        # One more turn first: a reply read in this very turn is used rather than lost.
-        self._timer = self._loop.call_soon(self._fire)
+    def start(
+        self,
+        group: Sequence[tuple[str, Waiters]],
+        calls: int,
+        round_: object,
+        on_limit: Callable[[], None] | None = None,
+    ) -> Deadline:
+        """The deadline of a round being written now."""
+        deadline = Deadline(self, group, calls, round_, on_limit)
+        self._queue.append(deadline)
+        if self._timer is None:
+            self._timer = self.loop.call_later(self._timeout, self._check)
+        return deadline
 
-    def _fire(self) -> None:
-        self.fired = True
-        error = scripts.translate(TimeoutError(), f"debit of {self.calls} batches")
-        for _, waiters in self.group:
-            fail(waiters, error)
-        self._on_fire()
-        if self._on_limit is not None:
-            left = self._started + self._limit - time.monotonic()
-            self._timer = self._loop.call_later(max(left, 0.0), self._on_limit)
+    @property
+    def waiting(self) -> int:
+        """Rounds watched (answered ones leave at the next check)."""
+        return len(self._queue)
 
-    def cancel(self) -> None:
-        self._timer.cancel()
+    def _check(self) -> None:
+        self._timer = None
+        queue, timeout, limit = self._queue, self._timeout, self.limit
+        now = time.monotonic()
+        stalled = self.lag.stalled()
+        while queue:
+            first = queue[0]
+            if first.cancelled:
+                queue.popleft()
+                continue
+            age = now - first.started
+            redis_time = age - (stalled - first.stall_at_start)
+            if redis_time < timeout and age < limit:  # not due yet: the loop was lagging
+                wait = min(timeout - redis_time, limit - age)
+                self._timer = self.loop.call_later(wait, self._check)
+                return
+            queue.popleft()
+            self.loop.call_soon(first.fire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

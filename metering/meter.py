@@ -53,7 +53,7 @@ from redis.asyncio import Redis
 
 from metering import scripts
 from metering.buckets import Refusal
-from metering.deadline import Deadline, Waiter, Waiters, fail
+from metering.deadline import Deadline, Deadlines, Waiter, Waiters, fail
 from metering.errors import MeterError, MeterNotSent, MeterTimeout
 from metering.keys import enterprise_keys
 from metering.looplag import LoopLag
@@ -88,6 +88,9 @@ class DebitResult:
 
 REFUSED: Final = {reason: DebitResult(False, None, reason) for reason in Refusal}
 _RECONNECT_AFTER: Final = 0.2  # seconds between attempts to make the pipe again
+# Read once: an interpreted module's attribute is a lookup by name, on every reply.
+_NOSCRIPT: Final = redis_errors.NoScriptError
+_READONLY: Final = redis_errors.ReadOnlyError
 
 
 class _Awaited(Waiter):
@@ -160,7 +163,9 @@ class Meter:
         self._reconnecting: asyncio.Task[None] | None = None
         self._next_connect = 0.0
         self._packed: dict[str, bytes] = {}
+        self._packed_n = [b"$%d\r\n%d\r\n" % (len(b"%d" % n), n) for n in range(max_batch + 1)]
         self._lag: LoopLag | None = None
+        self._deadlines: Deadlines | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first debit
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -181,13 +186,13 @@ class Meter:
         """`debit` for callers driven by callbacks rather than coroutines: the Meter calls
         ``waiter.deliver`` with the `DebitResult` or the `MeterError`, once, in the turn of
         the loop that reads the reply (docs/architecture.md §4)."""
-        if enterprise_id not in self._packed:  # the packed ones were validated already
-            enterprise_keys(enterprise_id)  # before anything is queued
         waiters = self._pending.get(enterprise_id)
-        if waiters is None:
-            self._pending[enterprise_id] = [waiter]
-        else:
+        if waiters is not None:  # queued already, and so validated
             waiters.append(waiter)
+        else:
+            if enterprise_id not in self._packed:  # the packed ones were validated already
+                enterprise_keys(enterprise_id)  # before anything is queued
+            self._pending[enterprise_id] = [waiter]
         if not self._scheduled and (
             self._inflight == 0
             # A narrow round waits for the one in flight to come back, and grows (see
@@ -230,6 +235,9 @@ class Meter:
                 await asyncio.sleep(0.002)
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+        if self._deadlines is not None:
+            self._deadlines.close()
+            self._deadlines = None
         if self._lag is not None:
             self._lag.close()
             self._lag = None
@@ -244,8 +252,12 @@ class Meter:
         self._scheduled = False
         if not self._pending:
             return
-        if self._lag is None:
-            self._lag = LoopLag(self._running_loop())
+        if self._deadlines is None:  # the first round, in the running loop
+            loop = self._running_loop()
+            self._lag = LoopLag(loop)
+            self._deadlines = Deadlines(
+                self._timeout, self._reply_limit, self._lag, loop, self._timed_out
+            )
         pending, self._pending = self._pending, {}
         items = list(pending.items())
         self._inflight += 1
@@ -271,24 +283,23 @@ class Meter:
 
     def _deadline(self, group: Sequence[tuple[str, Waiters]], calls: int, round_: _Round, *,
                   on_limit: Any = None) -> Deadline:  # fmt: skip
-        assert self._lag is not None
-        return Deadline(
-            group,
-            calls,
-            self._timeout,
-            self._reply_limit,
-            self._lag,
-            self._running_loop(),
-            on_fire=lambda: self._end_round(round_, failed=True),
-            on_limit=on_limit,
-        )
+        assert self._deadlines is not None
+        return self._deadlines.start(group, calls, round_, on_limit)
+
+    def _timed_out(self, round_: Any) -> None:
+        self._end_round(round_, failed=True)
 
     def _send_on_pipe(
         self, pipe: RedisPipe, group: Sequence[tuple[str, Waiters]], round_: _Round
     ) -> None:
         """The usual round: one write on the pipe; the replies resolve it in a callback."""
         calls = self._calls(group)
-        packed = b"".join([*(self._debit_command(e, n) for e, n in calls), self._wait_packed])
+        parts: list[bytes] = []
+        for enterprise_id, n in calls:
+            parts.append(self._debit_head(enterprise_id))
+            parts.append(self._packed_n[n])
+        parts.append(self._wait_packed)
+        packed = b"".join(parts)
         started = time.perf_counter()
         # A round still unanswered at the reply limit means a stuck connection: drop it.
         deadline = self._deadline(group, len(calls), round_, on_limit=pipe.abort)
@@ -309,7 +320,7 @@ class Meter:
                     for _, waiters in group:
                         fail(waiters, error)
                 self._end_round(round_, failed=True)
-            elif any(isinstance(r, redis_errors.NoScriptError) for r in result):
+            elif any(isinstance(r, _NOSCRIPT) for r in result):
                 self._spawn(self._recover(group, calls, (result, durable), round_))
             else:
                 self._resolve_group(group, result, durable)
@@ -323,7 +334,7 @@ class Meter:
         """The scripts' replies without WAIT's, and whether WAIT saw its replicas; for a
         failover seen in them, the error instead."""
         durable = self._wait is None or waited(replies.pop(), self._wait[0])
-        if any(isinstance(r, redis_errors.ReadOnlyError) for r in replies):
+        if any(isinstance(r, _READONLY) for r in replies):
             # This node is a replica now.  The scripts did not run; the pipe connects
             # again, to the master the sentinels name.
             pipe.abort()
@@ -345,8 +356,9 @@ class Meter:
         self._resolve_group(group, *sent)
         self._end_round(r, failed=False)
 
-    def _debit_command(self, enterprise_id: str, n: int) -> bytes:
-        """EVALSHA debit_pv for n PV of one enterprise, packed; all but n packed once."""
+    def _debit_head(self, enterprise_id: str) -> bytes:
+        """EVALSHA debit_pv for one enterprise, packed once, all but its last argument (n:
+        ``self._packed_n[n]``)."""
         head = self._packed.get(enterprise_id)
         if head is None:
             if len(self._packed) >= 65536:
@@ -355,8 +367,7 @@ class Meter:
             head = self._packed[enterprise_id] = pack_head(
                 8, "EVALSHA", scripts.DEBIT_PV.sha, 4, *keys
             )
-        count = b"%d" % n
-        return b"%b$%d\r\n%b\r\n" % (head, len(count), count)
+        return head
 
     def _reconnect(self) -> None:
         """Make the pipe again in the background (the client carries rounds meanwhile)."""
