@@ -4,9 +4,9 @@ The engine parses bytes; this module decides, knowing nothing of sockets.  For e
 request the engine asks `Policy.route`, then — for a page view, which it answers with its
 site's `Route` — `Policy.charge` and, when the Meter's debit comes back,
 `Policy.charged`; the answer is a `Local` response prepared once (a block page, 404, 503)
-or a `Forward` to the site's origin.  When the
-exchange with the origin is over the engine reports it to `Policy.finished`, which gives
-the PV back if the origin failed to deliver a charged view, and counts the outcome.
+or a `Forward` to the site's origin.  When the exchange with the origin is over the engine
+reports it to `Policy.finished`, which gives the PV back if the origin failed to deliver a
+charged view, and counts the outcome.
 Per request: one dictionary lookup for the site, a few header checks, at most one Meter
 debit (batched with its neighbours into one Redis round trip).
 """

@@ -40,7 +40,10 @@ from tests.admin_api.conftest import ENT_A, SITE_A, AdminFactory, AdminServer, e
 
 AnyCase = Case[APIOperation[Any, Any, Any, Any]]
 MAX_EXAMPLES = 25
-BUDGET_S = 90.0
+# The examples bound the run; the budget only stops one that hangs, well before pytest's
+# own 300 s timeout.  The run takes 50-90 s on a 2-core machine (91 s was seen on one whose
+# system calls are slow), so the budget leaves room for such a machine.
+BUDGET_S = 240.0
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
