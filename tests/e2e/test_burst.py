@@ -24,9 +24,9 @@ HOST = "burst.test"
 BALANCE = 1000
 
 
-async def burst(url: str, views: int) -> Counter[int]:
-    """``views`` page views at once, one connection each; the statuses."""
-    headers = {**HTML_HEADERS, "Host": HOST}
+async def burst(url: str, views: int, host: str = HOST) -> Counter[int]:
+    """``views`` page views of ``host`` at once, one connection each; the statuses."""
+    headers = {**HTML_HEADERS, "Host": host}
     statuses: Counter[int] = Counter()
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
@@ -45,17 +45,17 @@ async def burst(url: str, views: int) -> Counter[int]:
     return statuses
 
 
-def _burst_process(url: str, views: int, barrier, results) -> None:
+def _burst_process(url: str, views: int, host: str, barrier, results) -> None:
     barrier.wait()
-    results.put(dict(asyncio.run(burst(url, views))))
+    results.put(dict(asyncio.run(burst(url, views, host))))
 
 
-def bursts(url: str, processes: int, views: int) -> Counter[int]:
+def bursts(url: str, processes: int, views: int, host: str = HOST) -> Counter[int]:
     """``processes`` client processes, ``views`` page views each, all released together."""
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(processes), ctx.Queue()
     clients = [
-        ctx.Process(target=_burst_process, args=(url, views, barrier, results))
+        ctx.Process(target=_burst_process, args=(url, views, host, barrier, results))
         for _ in range(processes)
     ]
     for client in clients:
